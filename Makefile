@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Both create .venv on first use (torch's CPU wheel first, then the locked dependencies) and are safe to re-run.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+LAB_HOME ?= .lab
+export LAB_HOME
+# Quiet the messages of libraries that talk a lot on import.
+export PYTHONWARNINGS ?= ignore::DeprecationWarning,ignore::FutureWarning
+export GIT_PYTHON_REFRESH ?= quiet
+
+.PHONY: venv demo test ui lint clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installing torch 2.13.0 (CPU wheel) first, then the locked dependencies ..."
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0 2>&1 | grep -v "is ignored" || true
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock 2>&1 | grep -v "is ignored" || true
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import torch, torchtitan, dagster, mlflow, dvc, datatrove, hydra; print('environment ready')"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/lab materialize experiment=demo
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+
+# Dagster webserver (lineage, staleness, launchpad) and MLflow UI, both on 127.0.0.1.
+ui: venv
+	@mkdir -p $(LAB_HOME)/dagster && cp dagster.yaml $(LAB_HOME)/dagster/dagster.yaml
+	@echo "Dagster: http://127.0.0.1:3000   MLflow: http://127.0.0.1:5000   (Ctrl-C stops both)"
+	DAGSTER_HOME=$(abspath $(LAB_HOME))/dagster $(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1 -p 3000 & \
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(LAB_HOME))/mlflow.db -h 127.0.0.1 -p 5000; \
+	kill %1
+
+clean:
+	rm -rf $(LAB_HOME)

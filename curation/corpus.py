@@ -1,0 +1,237 @@
+"""Corpus readers: the embedded default corpus and user corpora (JSONL / Parquet, local or s3://).
+
+The embedded corpus is the Python installation the platform runs in: the standard library and the installed
+packages. It is real text nobody here wrote, on every machine, with the features of a pretraining corpus: several
+domains, exact and near duplicates (license files, vendored copies) and junk (minified and generated files).
+Selection is deterministic: candidates are ordered by a hash of their relative path (a uniform, reproducible
+sample) and taken until the per-domain caps are reached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sysconfig
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fsspec
+
+from curation.documents import DOCUMENTS_FILE, QUARANTINE_FILE, Quarantine, make_document, write_documents
+
+# Domain of a file by its name. Order matters: license files are matched by name before their extension.
+LICENSE_NAMES = ("LICENSE", "LICENCE", "COPYING", "NOTICE", "AUTHORS")
+EXTENSION_DOMAINS = {
+    "python": (".py", ".pyi"),
+    "code": (".c", ".h", ".cpp", ".hpp", ".cc", ".cuh", ".pyx", ".pxd", ".js", ".css", ".sh", ".f90", ".proto"),
+    "docs": (".md", ".rst", ".txt"),
+    "data": (".json", ".csv", ".toml", ".yaml", ".yml", ".cfg", ".ini", ".xml"),
+}
+SKIPPED_DIRS = {"__pycache__", ".git", "node_modules"}
+
+
+@dataclass
+class DomainCap:
+    max_docs: int = 500
+    max_bytes: int = 5_000_000
+
+
+@dataclass
+class CorpusConfig:
+    """Where documents come from. ``source``: ``python_env`` (embedded default), ``jsonl`` or ``parquet``."""
+
+    source: str = "python_env"
+    # python_env: which parts of the installation to read.
+    roots: list[str] = field(default_factory=lambda: ["stdlib", "site-packages"])
+    domains: dict[str, DomainCap] = field(default_factory=dict)
+    max_doc_bytes: int = 2_000_000
+    # jsonl / parquet: files or globs, local or s3://, and the field names to read.
+    paths: list[str] = field(default_factory=list)
+    text_field: str = "text"
+    id_field: str = "id"
+    domain_field: str = "domain"
+    default_domain: str = "web"
+    storage_options: dict[str, str] = field(default_factory=dict)
+
+
+def python_env_roots() -> dict[str, Path]:
+    """The roots of the running Python installation, by a machine-independent name."""
+    return {"stdlib": Path(sysconfig.get_paths()["stdlib"]), "site-packages": Path(sysconfig.get_paths()["purelib"])}
+
+
+def classify(filename: str) -> str | None:
+    if filename.upper().startswith(LICENSE_NAMES):
+        return "license"
+    suffix = os.path.splitext(filename)[1].lower()
+    for domain, suffixes in EXTENSION_DOMAINS.items():
+        if suffix in suffixes:
+            return domain
+    if filename in ("METADATA", "README"):  # package descriptions are prose
+        return "docs"
+    return None
+
+
+def _path_rank(relative: str) -> str:
+    return hashlib.sha256(relative.encode()).hexdigest()
+
+
+def scan_python_env(cfg: CorpusConfig) -> dict[str, list[tuple[str, Path]]]:
+    """Candidate files per domain as (relative source, absolute path), in hash order, before any caps."""
+    known_roots = python_env_roots()
+    unknown = sorted(set(cfg.roots) - set(known_roots))
+    if unknown:
+        raise ValueError(f"corpus.roots has unknown entries {unknown}; valid: {sorted(known_roots)}")
+    candidates: dict[str, list[tuple[str, Path]]] = {d: [] for d in cfg.domains}
+    for root_name in cfg.roots:
+        root = known_roots[root_name]
+        if not root.is_dir():
+            raise FileNotFoundError(f"Python installation root '{root_name}' not found at {root}")
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS)
+            # The stdlib contains site-packages when running outside a venv: read it once, as its own root.
+            if root_name == "stdlib":
+                dirnames[:] = [d for d in dirnames if d != "site-packages"]
+            for name in sorted(filenames):
+                domain = classify(name)
+                if domain in candidates:
+                    path = Path(dirpath, name)
+                    candidates[domain].append((f"{root_name}/{path.relative_to(root).as_posix()}", path))
+    for files in candidates.values():
+        files.sort(key=lambda item: _path_rank(item[0]))
+    return candidates
+
+
+def read_python_env(cfg: CorpusConfig, quarantine: Quarantine, skipped: Counter) -> Iterator[dict]:
+    for domain, files in scan_python_env(cfg).items():
+        cap, docs, size = cfg.domains[domain], 0, 0
+        for relative, path in files:
+            if docs >= cap.max_docs or size >= cap.max_bytes:
+                break
+            n_bytes = path.stat().st_size
+            if n_bytes > cfg.max_doc_bytes or n_bytes == 0:
+                skipped["oversize" if n_bytes else "empty"] += 1
+                continue
+            try:
+                text = path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError:
+                quarantine.add("invalid_utf8", relative)
+                continue
+            docs, size = docs + 1, size + n_bytes
+            yield make_document(text, domain, relative)
+
+
+def _record_to_document(record: object, cfg: CorpusConfig, where: str, quarantine: Quarantine) -> dict | None:
+    if not isinstance(record, dict):
+        quarantine.add("not_an_object", where, json.dumps(record)[:2000])
+        return None
+    text = record.get(cfg.text_field)
+    if not isinstance(text, str):
+        quarantine.add(f"missing_{cfg.text_field}", where, json.dumps(record, default=str))
+        return None
+    if not text.strip():
+        quarantine.add("empty_text", where)
+        return None
+    domain = record.get(cfg.domain_field) or cfg.default_domain
+    doc = make_document(text, str(domain), where)
+    if record.get(cfg.id_field) is not None:
+        doc["id"] = str(record[cfg.id_field])
+    return doc
+
+
+def _expand(paths: list[str], storage_options: dict[str, str]) -> list[tuple[fsspec.AbstractFileSystem, str]]:
+    if not paths:
+        raise ValueError("corpus.paths is empty: give the JSONL/Parquet files to read, e.g. corpus.paths=[data/*.jsonl]")
+    found = []
+    for pattern in paths:
+        fs, _, matches = fsspec.get_fs_token_paths(pattern, storage_options=dict(storage_options))
+        if not matches:
+            raise FileNotFoundError(f"corpus path '{pattern}' matches no file")
+        found.extend((fs, match) for match in sorted(matches))
+    return found
+
+
+def read_jsonl(cfg: CorpusConfig, quarantine: Quarantine) -> Iterator[dict]:
+    for fs, path in _expand(cfg.paths, cfg.storage_options):
+        name = Path(path).name
+        with fs.open(path, "rb", compression="infer") as lines:
+            for number, raw in enumerate(lines, start=1):
+                where = f"{name}:{number}"
+                try:
+                    record = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    quarantine.add("invalid_utf8", where, raw.decode("utf-8", "replace"))
+                    continue
+                except json.JSONDecodeError:
+                    if raw.strip():
+                        quarantine.add("malformed_json", where, raw.decode("utf-8", "replace"))
+                    continue
+                doc = _record_to_document(record, cfg, where, quarantine)
+                if doc is not None:
+                    yield doc
+
+
+def read_parquet(cfg: CorpusConfig, quarantine: Quarantine) -> Iterator[dict]:
+    import pyarrow.parquet as pq
+
+    for fs, path in _expand(cfg.paths, cfg.storage_options):
+        name = Path(path).name
+        with fs.open(path, "rb") as handle:
+            table = pq.read_table(handle)
+        for number, record in enumerate(table.to_pylist(), start=1):
+            doc = _record_to_document(record, cfg, f"{name}:{number}", quarantine)
+            if doc is not None:
+                yield doc
+
+
+def read_corpus(cfg: CorpusConfig, quarantine: Quarantine, skipped: Counter) -> Iterator[dict]:
+    readers = {
+        "python_env": lambda: read_python_env(cfg, quarantine, skipped),
+        "jsonl": lambda: read_jsonl(cfg, quarantine),
+        "parquet": lambda: read_parquet(cfg, quarantine),
+    }
+    if cfg.source not in readers:
+        raise ValueError(f"corpus.source='{cfg.source}' is not known; valid: {sorted(readers)}")
+    return readers[cfg.source]()
+
+
+def source_signature(cfg: CorpusConfig) -> str:
+    """A cheap hash of what the source holds now, so the cache notices when the input changes under it."""
+    digest = hashlib.sha256()
+    if cfg.source == "python_env":
+        for domain, files in scan_python_env(cfg).items():
+            for relative, path in files:
+                digest.update(f"{domain}\0{relative}\0{path.stat().st_size}\n".encode())
+    else:
+        for fs, path in _expand(cfg.paths, cfg.storage_options):
+            info = fs.info(path)
+            stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
+            digest.update(f"{Path(path).name}\0{info.get('size')}\0{stamp}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def build_corpus(cfg: CorpusConfig, out_dir: Path) -> dict:
+    """Read the configured source into ``out_dir``; returns statistics per domain and per quarantine reason."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    quarantine, skipped = Quarantine(), Counter()
+    per_domain: dict[str, Counter] = {}
+
+    def counted(documents: Iterator[dict]) -> Iterator[dict]:
+        for doc in documents:
+            stats = per_domain.setdefault(doc["domain"], Counter())
+            stats["documents"] += 1
+            stats["bytes"] += doc["bytes"]
+            yield doc
+
+    total = write_documents(out_dir / DOCUMENTS_FILE, counted(read_corpus(cfg, quarantine, skipped)))
+    write_documents(out_dir / QUARANTINE_FILE, quarantine.records)
+    if total == 0:
+        raise ValueError(f"the corpus is empty after reading {cfg.source}: check corpus.paths and the field names")
+    return {
+        "documents": total,
+        "domains": {name: dict(stats) for name, stats in sorted(per_domain.items())},
+        "quarantined": dict(quarantine.counts),
+        "skipped": dict(skipped),
+    }

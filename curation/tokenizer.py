@@ -1,0 +1,62 @@
+"""The ``tokenizer`` stage: a byte-level BPE trained with Hugging Face ``tokenizers`` on the training split.
+
+Saved as ``tokenizer.json`` (what TorchTitan's HuggingFaceTokenizer reads) beside a ``tokenizer_config.json``
+naming the special tokens. Validation documents are never seen, so bits-per-byte on them stays honest.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from curation.documents import is_validation, iter_document_files, read_documents
+
+BOS, EOS = "<|begin_of_text|>", "<|end_of_text|>"
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 4096
+    min_frequency: int = 2
+    # Cap on the training text: BPE merges converge long before a large corpus is exhausted.
+    max_train_bytes: int = 50_000_000
+
+
+def training_texts(filtered_kept: Path, cfg: TokenizerConfig, validation_fraction: float) -> Iterator[str]:
+    budget = cfg.max_train_bytes
+    for path in iter_document_files(filtered_kept):
+        for doc in read_documents(path):
+            if is_validation(doc["id"], validation_fraction):
+                continue
+            budget -= doc["bytes"]
+            if budget < 0:
+                return
+            yield doc["text"]
+
+
+def train_tokenizer(cfg: TokenizerConfig, filtered_kept: Path, validation_fraction: float, out_dir: Path) -> dict:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        special_tokens=[BOS, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(training_texts(filtered_kept, cfg, validation_fraction), trainer=trainer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(out_dir / "tokenizer.json"))
+    (out_dir / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": BOS, "eos_token": EOS, "add_bos_token": False}, indent=2)
+    )
+    return {"vocab_size": tokenizer.get_vocab_size(), "special_tokens": [BOS, EOS]}
+
+
+def load_tokenizer(tokenizer_dir: Path) -> Tokenizer:
+    return Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))

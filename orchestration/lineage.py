@@ -1,0 +1,132 @@
+"""The lineage as data: which stage depends on which, on what config and on what code.
+
+This is the single place that decides identity. The Dagster assets, ``lab plan`` and ``lab materialize`` all
+ask it, so the UI's staleness, the plan and the cache can never disagree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from curation.corpus import source_signature
+from orchestration.config import ExperimentConfig
+from orchestration.store import Manifest, Store, fingerprint, flatten
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    upstream: tuple[str, ...]
+    # Modules whose source decides the stage's bytes: editing one of them re-runs the stage.
+    code_modules: tuple[str, ...]
+    # The part of the experiment config that decides the stage's bytes (never paths, workers or storage).
+    config_slice: Callable[[ExperimentConfig], dict]
+    description: str
+
+
+def _filter_slice(cfg: ExperimentConfig) -> dict:
+    rules = asdict(cfg.filter)
+    rules.pop("workers")  # speed only
+    return {"filter": rules}
+
+
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec("corpus", (), ("curation.corpus", "curation.documents", "assets.corpus"),
+              lambda c: {"corpus": asdict(c.corpus), "source_signature": source_signature(c.corpus)},
+              "Documents read from the configured source, with domain, relative source path and size."),
+    StageSpec("filtered", ("corpus",),
+              ("curation.filters", "curation.code_filters", "curation.documents", "assets.filtered"),
+              _filter_slice,
+              "Per-domain quality filters, exact and MinHash near dedup; kept and rejected sets."),
+    StageSpec("tokenizer", ("filtered",), ("curation.tokenizer", "curation.documents", "assets.tokenizer"),
+              lambda c: {"tokenizer": asdict(c.tokenizer), "validation_fraction": c.validation_fraction},
+              "Byte-level BPE trained on the training split (tokenizer.json)."),
+    StageSpec("mixed", ("filtered", "tokenizer"),
+              ("curation.mixture", "curation.tokenizer", "curation.documents", "assets.mixed"),
+              lambda c: {"mixture": asdict(c.mixture), "validation_fraction": c.validation_fraction},
+              "Token shards per domain and split, and the training stream mixed by weight."),
+    StageSpec("checkpoint", ("tokenizer", "mixed"),
+              ("training.config", "training.job", "training.train", "training.cpu_compat", "training.schedules",
+               "kernels.attention", "assets.checkpoint"),
+              lambda c: {"model": asdict(c.model), "train": asdict(c.train)},
+              "A TorchTitan training run (torchrun, FSDP) on the mixed stream; DCP checkpoints."),
+    StageSpec("eval", ("mixed", "checkpoint"), ("evaluation.perplexity", "kernels.attention", "assets.eval"),
+              lambda c: {"eval": asdict(c.eval)},
+              "Per-domain validation loss and bits-per-byte of the final checkpoint."),
+)
+STAGE_BY_NAME = {spec.name: spec for spec in STAGES}
+
+
+def code_version(spec: StageSpec) -> str:
+    digest = hashlib.sha256()
+    for module in spec.code_modules:
+        found = importlib.util.find_spec(module)
+        if found is None or found.origin is None:  # a module listed but absent: say so rather than hash nothing
+            raise ModuleNotFoundError(f"stage '{spec.name}' lists code module '{module}', which does not exist")
+        with open(found.origin, "rb") as source:
+            digest.update(module.encode() + b"\0" + source.read())
+    return digest.hexdigest()[:12]
+
+
+def config_version(spec: StageSpec, cfg: ExperimentConfig) -> str:
+    """What Dagster shows as the asset's code version: the stage's code and config slice, hashed together."""
+    return fingerprint(spec.name, code_version(spec), spec.config_slice(cfg), {})
+
+
+@dataclass
+class PlanItem:
+    stage: str
+    action: str  # "reuse" or "run"
+    reason: str
+    fingerprint: str = ""  # known once every upstream output is known
+    manifest: Manifest | None = None
+
+
+def stage_fingerprint(spec: StageSpec, cfg: ExperimentConfig, upstream: dict[str, Manifest]) -> str:
+    hashes = {name: upstream[name].content_hash for name in spec.upstream}
+    return fingerprint(spec.name, code_version(spec), spec.config_slice(cfg), hashes)
+
+
+def plan(cfg: ExperimentConfig, store: Store) -> list[PlanItem]:
+    """Walk the lineage top-down: reuse every output whose fingerprint exists, run the rest.
+
+    A stage below one that must run is planned to run too; at run time it may still turn out a cache hit, when
+    its upstream produced the same bytes as before.
+    """
+    items: dict[str, PlanItem] = {}
+    for spec in STAGES:
+        pending = [name for name in spec.upstream if items[name].manifest is None]
+        if pending:
+            items[spec.name] = PlanItem(spec.name, "run", f"upstream {', '.join(pending)} will run")
+            continue
+        upstream = {name: items[name].manifest for name in spec.upstream}
+        fp = stage_fingerprint(spec, cfg, upstream)
+        found = store.find(spec.name, fp)
+        if found is not None:
+            items[spec.name] = PlanItem(spec.name, "reuse", "output with this fingerprint exists", fp, found)
+        else:
+            items[spec.name] = PlanItem(spec.name, "run", _why_new(spec, cfg, store, upstream), fp)
+    return list(items.values())
+
+
+def _why_new(spec: StageSpec, cfg: ExperimentConfig, store: Store, upstream: dict[str, Manifest]) -> str:
+    """Explain a cache miss against the newest earlier output of the stage: config diff, code or upstream."""
+    earlier = sorted((m for m in store.list(spec.name)), key=lambda m: m.created_at)
+    if not earlier:
+        return "never materialized"
+    last = earlier[-1]
+    reasons = []
+    new_slice = spec.config_slice(cfg)
+    old, new = flatten(last.config), flatten(new_slice)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if changed:
+        reasons.append("config " + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5]))
+    if last.code_version != code_version(spec):
+        reasons.append("code changed")
+    moved = [n for n in spec.upstream if last.upstream.get(n) != upstream[n].content_hash]
+    if moved:
+        reasons.append(f"upstream {', '.join(moved)} changed")
+    return "; ".join(reasons) or "new fingerprint"

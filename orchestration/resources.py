@@ -1,0 +1,149 @@
+"""The ``lab`` Dagster resource: composes the experiment config and runs a stage with caching, tracking and DVC.
+
+Every asset calls ``lab.materialize(context, stage, build)``. The resource decides reuse by fingerprint, opens the
+MLflow run, builds into a partial folder committed atomically, versions the output with DVC, and returns the
+Dagster ``MaterializeResult`` whose data version is the output's content hash.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from dagster import (
+    AssetExecutionContext,
+    ConfigurableResource,
+    DataVersion,
+    MaterializeResult,
+    MetadataValue,
+)
+from pydantic import PrivateAttr
+
+from orchestration.config import ExperimentConfig, compose_experiment, lab_home
+from orchestration.lineage import STAGE_BY_NAME, code_version, plan
+from orchestration.store import Manifest, Store
+from orchestration.tracking import Tracker, git_revision
+from orchestration.versioning import DvcStore
+
+
+@dataclass
+class StageRun:
+    """What a stage's build function gets: the config, its upstream outputs and a folder to write into."""
+
+    cfg: ExperimentConfig
+    output: Path
+    upstream: dict[str, Path]
+    upstream_manifests: dict[str, Manifest]
+    context: AssetExecutionContext
+    mlflow_tracking_uri: str
+    mlflow_run_id: str
+
+
+@dataclass
+class StageResult:
+    stats: dict
+    # Extra Dagster metadata (tables, markdown) beyond the standard fingerprint/version/MLflow/DVC entries.
+    metadata: dict = field(default_factory=dict)
+    # Files to attach to the MLflow run (plots, reports), relative to the output folder.
+    artifacts: list[str] = field(default_factory=list)
+
+
+class Lab:
+    """The lab home's services for one composed experiment."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+        self.home = lab_home(cfg)
+        self.store = Store(self.home / "store")
+        self.dvc = DvcStore(self.store.root, self.cfg.storage.dvc_remote or str(self.home / "dvc-remote"),
+                            self.cfg.storage.dvc_remote_options)
+
+    @cached_property
+    def tracker(self) -> Tracker:
+        uri = self.cfg.storage.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+        return Tracker(uri, self.home / "mlartifacts")
+
+
+class LabResource(ConfigurableResource):
+    """Hydra overrides for the experiment; the Dagster launchpad sets them as a list of strings."""
+
+    overrides: list[str] = []
+    _lab: Lab | None = PrivateAttr(default=None)
+
+    @property
+    def lab(self) -> Lab:
+        if self._lab is None:
+            self._lab = Lab(compose_experiment(self.overrides)[0])
+        return self._lab
+
+    def materialize(
+        self, context: AssetExecutionContext, stage: str, build: Callable[[StageRun], StageResult]
+    ) -> MaterializeResult:
+        lab, spec = self.lab, STAGE_BY_NAME[stage]
+        items = {item.stage: item for item in plan(lab.cfg, lab.store)}
+        missing = [name for name in spec.upstream if items[name].manifest is None]
+        if missing:
+            raise RuntimeError(
+                f"'{stage}' needs {missing} materialized for this config first: run `lab materialize` "
+                f"with the same overrides, or select the upstream assets too"
+            )
+        item = items[stage]
+        if item.manifest is not None:
+            context.log.info(f"{stage}: reusing {item.fingerprint} ({item.reason})")
+            return self._result(item.manifest, {"reused": True})
+        upstream = {name: items[name].manifest for name in spec.upstream}
+        run_id = lab.tracker.start_run(lab.cfg.name, stage, self._tags(context, item.fingerprint, upstream),
+                                       spec.config_slice(lab.cfg))
+        try:
+            manifest, result = self._build(context, stage, item.fingerprint, upstream, run_id, build)
+            pointer = lab.dvc.add_and_push(lab.store.path(stage, manifest.fingerprint))
+        except BaseException:
+            lab.tracker.finish_run(run_id, {}, {"lab.error": traceback.format_exc()[-4000:]}, [], "FAILED")
+            raise
+        output = lab.store.path(stage, manifest.fingerprint)
+        artifacts = [output / "manifest.json", lab.store.root / pointer["pointer_file"]]
+        lab.tracker.finish_run(
+            run_id, manifest.stats,
+            {"lab.content_hash": manifest.content_hash, "lab.dvc_md5": pointer["md5"]},
+            artifacts + [output / name for name in result.artifacts],
+        )
+        return self._result(manifest, {"reused": False, "dvc": MetadataValue.json(pointer), **result.metadata})
+
+    def _build(self, context, stage, fp, upstream, run_id, build) -> tuple[Manifest, StageResult]:
+        lab, spec = self.lab, STAGE_BY_NAME[stage]
+        outcome: dict[str, StageResult] = {}
+
+        def build_into(partial: Path) -> Manifest:
+            run = StageRun(lab.cfg, partial, {n: lab.store.path(n, m.fingerprint) for n, m in upstream.items()},
+                           upstream, context, lab.tracker.tracking_uri, run_id)
+            outcome["result"] = build(run)
+            return Manifest(stage=stage, fingerprint=fp, content_hash="", code_version=code_version(spec),
+                            config=spec.config_slice(lab.cfg), upstream={n: m.content_hash for n, m in upstream.items()},
+                            stats=outcome["result"].stats, mlflow_run_id=run_id, dagster_run_id=context.run.run_id)
+
+        # Training resumes from its own interrupted checkpoints; every other stage starts clean.
+        manifest = lab.store.commit(stage, fp, build_into, keep_partial=(stage == "checkpoint"))
+        return manifest, outcome["result"]
+
+    def _tags(self, context: AssetExecutionContext, fp: str, upstream: dict[str, Manifest]) -> dict[str, str]:
+        tags = {"dagster.run_id": context.run.run_id, "lab.fingerprint": fp, "git.revision": git_revision()}
+        for name, manifest in upstream.items():
+            tags[f"upstream.{name}"] = manifest.content_hash
+            tags[f"parent_run.{name}"] = manifest.mlflow_run_id
+        return tags
+
+    def _result(self, manifest: Manifest, extra: dict) -> MaterializeResult:
+        metadata = {
+            "fingerprint": manifest.fingerprint,
+            "content_hash": manifest.content_hash,
+            "path": f"store/{manifest.stage}/{manifest.fingerprint}",
+            "mlflow_run_id": manifest.mlflow_run_id,
+            "upstream": MetadataValue.json(manifest.upstream),
+            "stats": MetadataValue.json(json.loads(json.dumps(manifest.stats, default=str))),
+            **extra,
+        }
+        return MaterializeResult(data_version=DataVersion(manifest.content_hash), metadata=metadata)

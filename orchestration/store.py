@@ -1,0 +1,111 @@
+"""Fingerprinted, atomically committed stage outputs: ``<store>/<stage>/<fingerprint>/`` with a manifest.
+
+The fingerprint hashes exactly what changes the bytes of an output: the stage's resolved config slice, the content
+hashes of its upstream outputs, and the stage's code version. Nothing else (paths, worker counts, storage) enters
+it, so a cache hit is always safe and an irrelevant change never cascades.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+
+
+def stable_json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def fingerprint(stage: str, code_version: str, config_slice: dict, upstream: dict[str, str]) -> str:
+    payload = stable_json({"stage": stage, "code": code_version, "config": config_slice, "upstream": upstream})
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def flatten(value: object, prefix: str = "") -> dict[str, object]:
+    """Nested dicts/lists to dotted keys: {"a": {"b": 1}} -> {"a.b": 1}; lists of scalars stay whole."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list) and not all(isinstance(v, (int, float, str, bool)) for v in value):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return {prefix: value}
+    flat: dict[str, object] = {}
+    for key, child in items:
+        flat.update(flatten(child, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def content_hash(folder: Path) -> str:
+    """Hash of every file's relative path and bytes (the manifest itself excluded)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class Manifest:
+    stage: str
+    fingerprint: str
+    content_hash: str
+    code_version: str
+    config: dict
+    upstream: dict[str, str]
+    stats: dict
+    created_at: float = field(default_factory=time.time)
+    mlflow_run_id: str = ""
+    dagster_run_id: str = ""
+
+    def save(self, folder: Path) -> None:
+        (folder / MANIFEST).write_text(json.dumps(asdict(self), indent=2, sort_keys=True, default=str))
+
+    @classmethod
+    def load(cls, folder: Path) -> Manifest:
+        return cls(**json.loads((folder / MANIFEST).read_text()))
+
+
+class Store:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def path(self, stage: str, fp: str) -> Path:
+        return self.root / stage / fp
+
+    def find(self, stage: str, fp: str) -> Manifest | None:
+        folder = self.path(stage, fp)
+        return Manifest.load(folder) if (folder / MANIFEST).is_file() else None
+
+    def list(self, stage: str) -> list[Manifest]:
+        folder = self.root / stage
+        return [Manifest.load(p.parent) for p in sorted(folder.glob(f"*/{MANIFEST}"))] if folder.is_dir() else []
+
+    def partial_path(self, stage: str, fp: str) -> Path:
+        # Deterministic, so a stage that can resume (training) finds its own interrupted work again.
+        return self.root / stage / f".partial-{fp}"
+
+    def commit(
+        self, stage: str, fp: str, build: Callable[[Path], Manifest], keep_partial: bool = False
+    ) -> Manifest:
+        """Build into a partial folder, then rename it into place: readers never see half an output."""
+        partial = self.partial_path(stage, fp)
+        if partial.exists() and not keep_partial:
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True, exist_ok=True)
+        manifest = build(partial)
+        manifest.content_hash = content_hash(partial)
+        manifest.save(partial)
+        final = self.path(stage, fp)
+        if final.exists():  # another run committed the same fingerprint meanwhile: same bytes by construction
+            shutil.rmtree(partial)
+        else:
+            partial.rename(final)
+        return Manifest.load(final)

@@ -1,0 +1,73 @@
+"""MLflow tracking: one run per materialization, linked to its Dagster run, fingerprint, git revision and parents.
+
+Uses ``MlflowClient`` with explicit run ids (no global active run), so the training processes that a stage launches
+can log into the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from orchestration.config import REPO_ROOT
+from orchestration.store import flatten
+
+MAX_PARAMS_PER_BATCH = 100  # MLflow's limit for one log_batch call
+
+
+def git_revision() -> str:
+    """The commit the code ran at, with '-dirty' when the work tree differs from it."""
+    try:
+        revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                  text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{revision}-dirty" if dirty else revision
+
+
+def numeric_leaves(stats: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in flatten(stats).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str, artifact_root: Path):
+        self.client = MlflowClient(tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.artifact_root = artifact_root
+
+    def experiment_id(self, name: str) -> str:
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        return self.client.create_experiment(name, artifact_location=(self.artifact_root / name).as_uri())
+
+    def start_run(self, experiment: str, stage: str, tags: dict[str, str], params: dict) -> str:
+        run = self.client.create_run(self.experiment_id(experiment), run_name=stage, tags={"lab.stage": stage, **tags})
+        flat = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in flatten(params).items()]
+        for start in range(0, len(flat), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(run.info.run_id, params=flat[start:start + MAX_PARAMS_PER_BATCH])
+        return run.info.run_id
+
+    def finish_run(self, run_id: str, stats: dict, tags: dict[str, str], artifacts: list[Path],
+                   status: str = "FINISHED") -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, 0) for k, v in numeric_leaves(stats).items()]
+        for start in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[start:start + 1000],
+                                  tags=[RunTag(k, v) for k, v in tags.items()] if start == 0 else ())
+        if not metrics and tags:
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        for artifact in artifacts:
+            self.client.log_artifact(run_id, str(artifact))
+        self.client.set_terminated(run_id, status)
+
+    def run_url(self, run_id: str) -> str:
+        run = self.client.get_run(run_id)
+        return f"#/experiments/{run.info.experiment_id}/runs/{run_id}"

@@ -1,0 +1,60 @@
+"""DVC versioning of stage outputs: every committed output is ``dvc add``-ed and pushed to the lab's remote.
+
+The store folder is a DVC repository without git (``dvc init --no-scm``): each output gets a pointer file
+``<stage>/<fingerprint>.dvc`` beside it. The pointer's content (md5 of the directory, size, file count) goes to
+Dagster metadata and MLflow, so ``dvc pull`` on any machine with the remote brings back exactly those bytes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REMOTE_NAME = "lab"
+
+
+class DvcError(RuntimeError):
+    pass
+
+
+class DvcStore:
+    def __init__(self, root: Path, remote_url: str, remote_options: dict[str, str]):
+        self.root = root
+        self.remote_url = remote_url
+        self.remote_options = remote_options
+
+    def dvc(self, *args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "dvc", *args], cwd=self.root, capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise DvcError(f"dvc {' '.join(args)} failed in {self.root}:\n{result.stdout}{result.stderr}")
+        return result.stdout
+
+    def ensure_repo(self) -> None:
+        """Create the DVC repository and point its remote at the configured URL (idempotent)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not (self.root / ".dvc").is_dir():
+            self.dvc("init", "--no-scm", "--quiet")
+            self.dvc("config", "core.analytics", "false")
+        self.dvc("remote", "add", "--default", "--force", REMOTE_NAME, self.remote_url)
+        for key, value in self.remote_options.items():
+            self.dvc("remote", "modify", REMOTE_NAME, key, value)
+
+    def add_and_push(self, output: Path) -> dict:
+        """Version ``output`` (a folder under the store) and push it; returns the pointer as a dict."""
+        relative = output.relative_to(self.root).as_posix()
+        self.ensure_repo()
+        self.dvc("add", "--quiet", relative)
+        pointer_file = f"{relative}.dvc"
+        self.dvc("push", "--quiet", pointer_file)
+        pointer = yaml.safe_load((self.root / pointer_file).read_text())["outs"][0]
+        return {"pointer_file": pointer_file, "md5": pointer["md5"], "size": pointer["size"],
+                "nfiles": pointer["nfiles"], "remote": REMOTE_NAME}
+
+    def pull(self, pointer_file: str) -> None:
+        self.ensure_repo()
+        self.dvc("pull", "--quiet", pointer_file)
