@@ -13,7 +13,9 @@ data, next to the kept set. Per-rule counts come from datatrove's own step stati
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -178,7 +180,9 @@ def _run(pipeline: list, work: Path, name: str, tasks: int = 1, workers: int = 1
         pipeline, tasks=tasks, workers=min(workers, tasks), logging_dir=str(work / "logs" / name),
         skip_completed=False,
     )
-    executor.run()
+    # datatrove logs every step to stderr at INFO; keep the console readable; its log files stay in work/logs.
+    with contextlib.redirect_stderr(io.StringIO()):
+        executor.run()
     return json.loads((work / "logs" / name / "stats.json").read_text())
 
 

@@ -80,7 +80,7 @@ def _valid_keys_hint(message: str) -> str:
 def compose_experiment(overrides: list[str] | tuple[str, ...] = ()) -> tuple[ExperimentConfig, DictConfig]:
     """Compose ``conf/config.yaml`` with Hydra overrides into the typed experiment config."""
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        with initialize_config_dir(config_dir=str(CONF_DIR)):
             composed = compose(config_name="config", overrides=list(overrides))
         experiment = OmegaConf.to_object(composed)
     except (HydraException, OmegaConfBaseException) as error:

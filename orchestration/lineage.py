@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from curation.corpus import source_signature
 from orchestration.config import ExperimentConfig
@@ -20,7 +21,7 @@ from orchestration.store import Manifest, Store, fingerprint, flatten
 class StageSpec:
     name: str
     upstream: tuple[str, ...]
-    # Modules whose source decides the stage's bytes: editing one of them re-runs the stage.
+    # Modules (or whole packages) whose source decides the stage's bytes: editing one re-runs the stage.
     code_modules: tuple[str, ...]
     # The part of the experiment config that decides the stage's bytes (never paths, workers or storage).
     config_slice: Callable[[ExperimentConfig], dict]
@@ -49,25 +50,29 @@ STAGES: tuple[StageSpec, ...] = (
               lambda c: {"mixture": asdict(c.mixture), "validation_fraction": c.validation_fraction},
               "Token shards per domain and split, and the training stream mixed by weight."),
     StageSpec("checkpoint", ("tokenizer", "mixed"),
-              ("training.config", "training.job", "training.train", "training.cpu_compat", "training.schedules",
-               "kernels.attention", "assets.checkpoint"),
+              ("training", "kernels", "assets.checkpoint"),
               lambda c: {"model": asdict(c.model), "train": asdict(c.train)},
               "A TorchTitan training run (torchrun, FSDP) on the mixed stream; DCP checkpoints."),
-    StageSpec("eval", ("mixed", "checkpoint"), ("evaluation.perplexity", "kernels.attention", "assets.eval"),
+    StageSpec("eval", ("mixed", "checkpoint"), ("evaluation.perplexity", "training.model", "training.config", "kernels", "assets.eval"),
               lambda c: {"eval": asdict(c.eval)},
               "Per-domain validation loss and bits-per-byte of the final checkpoint."),
 )
 STAGE_BY_NAME = {spec.name: spec for spec in STAGES}
 
 
+def _source_files(module: str) -> list[Path]:
+    found = importlib.util.find_spec(module)
+    if found is None or found.origin is None:  # a module listed but absent: say so rather than hash nothing
+        raise ModuleNotFoundError(f"a stage lists code module '{module}', which does not exist")
+    origin = Path(found.origin)
+    return sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
+
+
 def code_version(spec: StageSpec) -> str:
     digest = hashlib.sha256()
     for module in spec.code_modules:
-        found = importlib.util.find_spec(module)
-        if found is None or found.origin is None:  # a module listed but absent: say so rather than hash nothing
-            raise ModuleNotFoundError(f"stage '{spec.name}' lists code module '{module}', which does not exist")
-        with open(found.origin, "rb") as source:
-            digest.update(module.encode() + b"\0" + source.read())
+        for path in _source_files(module):
+            digest.update(f"{module}:{path.name}".encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
 
