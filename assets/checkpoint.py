@@ -4,10 +4,10 @@ import json
 import tempfile
 from pathlib import Path
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, PipesSubprocessClient, asset
+from dagster import AssetExecutionContext, MaterializeResult, PipesSubprocessClient, asset
 
-from orchestration.config import REPO_ROOT
 from evaluation.plots import plot_loss_curve
+from orchestration.config import REPO_ROOT
 from orchestration.resources import LabResource, StageResult, StageRun
 from training.job import TrainJob, launch_command
 

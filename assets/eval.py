@@ -18,7 +18,9 @@ def build(run: StageRun) -> StageResult:
     vocab_size = run.upstream_manifests["checkpoint"].stats["vocab_size"]
     checkpoint_dir = find_last_checkpoint(run.upstream["checkpoint"])
     results = evaluate_checkpoint(checkpoint_dir, run.cfg.model, vocab_size, splits, run.cfg.eval)
-    stats = {name: {"loss": r.loss, "bits_per_byte": r.bits_per_byte, "tokens": r.tokens} for name, r in results.items()}
+    stats = {
+        name: {"loss": r.loss, "bits_per_byte": r.bits_per_byte, "tokens": r.tokens} for name, r in results.items()
+    }
     (run.output / "eval.json").write_text(json.dumps(stats, indent=2))
     table = "| domain | tokens | loss | bits/byte |\n|---|---:|---:|---:|\n" + "\n".join(
         f"| {name} | {r['tokens']:,} | {r['loss']:.4f} | {r['bits_per_byte']:.4f} |" for name, r in stats.items()

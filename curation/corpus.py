@@ -143,7 +143,7 @@ def _record_to_document(record: object, cfg: CorpusConfig, where: str, quarantin
 
 def _expand(paths: list[str], storage_options: dict[str, str]) -> list[tuple[fsspec.AbstractFileSystem, str]]:
     if not paths:
-        raise ValueError("corpus.paths is empty: give the JSONL/Parquet files to read, e.g. corpus.paths=[data/*.jsonl]")
+        raise ValueError("corpus.paths is empty: name the files to read, e.g. 'corpus.paths=[data/*.jsonl]'")
     found = []
     for pattern in paths:
         fs, _, matches = fsspec.get_fs_token_paths(pattern, storage_options=dict(storage_options))

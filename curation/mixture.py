@@ -44,7 +44,7 @@ def _tokenize_domains(filtered_kept: Path, tokenizer_dir: Path, validation_fract
 
     def flush() -> None:
         encodings = tokenizer.encode_batch([text for _, text in pending])
-        for (key, _), encoding in zip(pending, encodings):
+        for (key, _), encoding in zip(pending, encodings, strict=True):
             docs.setdefault(key, []).append(np.array([*encoding.ids, eos], dtype=TOKEN_DTYPE))
         pending.clear()
 

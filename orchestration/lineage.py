@@ -53,7 +53,8 @@ STAGES: tuple[StageSpec, ...] = (
               ("training", "kernels", "assets.checkpoint"),
               lambda c: {"model": asdict(c.model), "train": asdict(c.train)},
               "A TorchTitan training run (torchrun, FSDP) on the mixed stream; DCP checkpoints."),
-    StageSpec("eval", ("mixed", "checkpoint"), ("evaluation.perplexity", "training.model", "training.config", "kernels", "assets.eval"),
+    StageSpec("eval", ("mixed", "checkpoint"),
+              ("evaluation.perplexity", "training.model", "training.config", "kernels", "assets.eval"),
               lambda c: {"eval": asdict(c.eval)},
               "Per-domain validation loss and bits-per-byte of the final checkpoint."),
 )

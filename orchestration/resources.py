@@ -122,7 +122,8 @@ class LabResource(ConfigurableResource):
                            upstream, context, lab.tracker.tracking_uri, run_id)
             outcome["result"] = build(run)
             return Manifest(stage=stage, fingerprint=fp, content_hash="", code_version=code_version(spec),
-                            config=spec.config_slice(lab.cfg), upstream={n: m.content_hash for n, m in upstream.items()},
+                            config=spec.config_slice(lab.cfg),
+                            upstream={n: m.content_hash for n, m in upstream.items()},
                             stats=outcome["result"].stats, mlflow_run_id=run_id, dagster_run_id=context.run.run_id)
 
         # Training resumes from its own interrupted checkpoints; every other stage starts clean.

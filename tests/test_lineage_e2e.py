@@ -59,7 +59,7 @@ def test_first_run_materializes_every_asset_with_tracking(lab: Path) -> None:
     # Training really learned, and logged per step into its own MLflow run.
     train = by_stage["checkpoint"]
     assert train.data.metrics["final_loss"] < 0.8 * train.data.metrics["first_loss"]
-    assert len(client.get_metric_history(train.info.run_id, "loss")) >= 4
+    assert len(client.get_metric_history(train.info.run_id, "train/loss")) >= 4
     assert all(f"{d}.bits_per_byte" in by_stage["eval"].data.metrics for d in ("python", "docs", "license"))
 
 

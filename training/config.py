@@ -1,0 +1,53 @@
+"""Typed configuration of a training run: the model, the optimisation and the parallelism.
+
+Plain dataclasses with defaults, so that Hydra can register them as structured configs. The defaults
+describe a small model that trains on two CPU ranks; GPU runs override sizes and dtype.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ModelConfig:
+    """A llama3-family decoder. The vocabulary size is not here: it comes from the tokenizer."""
+
+    name: str = "llama3"
+    dim: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 4
+    multiple_of: int = 32  # the SwiGLU hidden size is rounded up to a multiple of this
+    ffn_dim_multiplier: float | None = None
+    norm_eps: float = 1e-5
+    rope_theta: float = 500000.0
+    max_seq_len: int = 1024
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation: AdamW with a warmup-stable-decay learning rate."""
+
+    steps: int = 300
+    global_batch_size: int = 16  # sequences per optimizer step, over all data-parallel ranks
+    seq_len: int = 256
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # the learning rate decays to min_lr_ratio * lr
+    warmup_steps: int = 20
+    decay_fraction: float = 0.2  # share of the steps spent in the final linear decay
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_interval: int = 100
+    log_every: int = 1
+    dtype: str = "float32"  # compute dtype; bf16 is ~15x slower than float32 on CPU
+
+
+@dataclass
+class ParallelConfig:
+    """How the ranks of one node share the work."""
+
+    nproc_per_node: int = 2
+    dp_shard: int = -1  # FSDP degree; -1 takes every rank left after tensor parallelism
+    tp: int = 1
+    backend: str = "auto"  # "auto": gloo on CPU, nccl on GPU; otherwise passed to init_process_group
+    compile: bool = False

@@ -1,0 +1,106 @@
+"""Where the per-step training metrics go: MLflow, Dagster Pipes and the run summary.
+
+torchtitan's MetricsProcessor computes the metrics (global loss, grad norm, throughput, memory, lr) and hands
+them to a logger; `LabMetricsProcessor` swaps that logger for a `RunRecorder` on rank 0. Pipes is reached
+through the standalone dagster_pipes package only: this process never imports dagster.
+"""
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pipes
+from torchtitan.components.metrics import BaseLogger, MetricsProcessor
+from torchtitan.distributed import ParallelDims
+
+
+@contextmanager
+def pipes_session(rank: int) -> Iterator[None]:
+    """Open the Dagster Pipes connection on rank 0 when a Pipes client launched us; else do nothing."""
+    if rank == 0 and PipesEnvVarParamsLoader().is_dagster_pipes_process():
+        with open_dagster_pipes():
+            yield
+    else:
+        yield
+
+
+class RunRecorder(BaseLogger):
+    """Rank 0's sink for torchtitan's logged steps."""
+
+    def __init__(self, world_size: int, mlflow_tracking_uri: str | None, mlflow_run_id: str | None):
+        self.world_size = world_size
+        self.mlflow = None
+        self.mlflow_run_id = mlflow_run_id
+        if mlflow_tracking_uri and mlflow_run_id:
+            from mlflow.tracking import MlflowClient  # slow import, only where asked for
+
+            self.mlflow = MlflowClient(mlflow_tracking_uri)
+        self.pipes = PipesContext.get() if PipesContext.is_initialized() else None
+        self.loss_curve: list[list[float]] = []
+        self.logged: list[tuple[float, int]] = []  # (wall clock, global tokens seen) at each logged step
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        row = {
+            "loss": float(metrics["loss_metrics/global_avg_loss"]),
+            "lr": next(float(v) for k, v in metrics.items() if k.startswith("lr/")),
+            # torchtitan's throughput is per device over the interval since the last log
+            "tokens_per_second": float(metrics["throughput(tps)"]) * self.world_size,
+            "grad_norm": float(metrics["grad_norm"]),
+        }
+        peak_gib = float(metrics["memory/max_reserved(GiB)"])
+        if peak_gib > 0:  # torchtitan reports a negative number where the device has no statistics
+            row["peak_memory_gib"] = peak_gib
+        self.loss_curve.append([step, row["loss"]])
+        self.logged.append((time.perf_counter(), int(metrics["n_tokens_seen"])))
+        if self.mlflow is not None:
+            from mlflow.entities import Metric
+
+            now_ms = int(time.time() * 1000)
+            batch = [Metric(f"train/{key}", value, now_ms, step) for key, value in row.items()]
+            self.mlflow.log_batch(self.mlflow_run_id, metrics=batch)
+        if self.pipes is not None:
+            self.pipes.log.info(f"step {step}: " + "  ".join(f"{k} {v:.6g}" for k, v in row.items()))
+
+    def mean_tokens_per_second(self) -> float | None:
+        """Global tokens/s from the first logged step to the last, so start-up time is left out."""
+        if len(self.logged) < 2:
+            return None
+        (t0, n0), (t1, n1) = self.logged[0], self.logged[-1]
+        return (n1 - n0) / (t1 - t0)
+
+    def summary(self, steps: int, tokens_seen: int, wall_seconds: float) -> dict[str, Any]:
+        """The steps this process ran (after a resume: from the checkpoint on); steps and tokens are totals."""
+        return {
+            "first_loss": self.loss_curve[0][1] if self.loss_curve else None,
+            "final_loss": self.loss_curve[-1][1] if self.loss_curve else None,
+            "steps": steps,
+            "tokens_seen": tokens_seen,
+            "tokens_per_second": self.mean_tokens_per_second(),
+            "wall_seconds": wall_seconds,
+            "loss_curve": self.loss_curve,
+        }
+
+    def report_summary(self, summary: dict[str, Any]) -> None:
+        if self.pipes is not None:
+            brief = {k: v for k, v in summary.items() if k != "loss_curve"}
+            self.pipes.log.info(f"training finished: {brief}")
+
+
+class LabMetricsProcessor(MetricsProcessor):
+    """torchtitan's metrics processor with our RunRecorder as its logger."""
+
+    @dataclass(kw_only=True, slots=True)
+    class Config(MetricsProcessor.Config):
+        mlflow_tracking_uri: str | None = None
+        mlflow_run_id: str | None = None
+
+    def _build_metric_logger(self, *, config: Config, parallel_dims: ParallelDims, **_: Any) -> BaseLogger:
+        # Without pipeline parallelism the global loss is known on every rank; rank 0 reports it.
+        if parallel_dims.pp_enabled:
+            raise NotImplementedError("metrics reporting under pipeline parallelism")
+        if torch.distributed.get_rank() != 0:
+            return BaseLogger()
+        return RunRecorder(parallel_dims.world_size, config.mlflow_tracking_uri, config.mlflow_run_id)
