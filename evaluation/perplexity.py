@@ -42,26 +42,35 @@ class DomainResult:
     bits_per_byte: float
 
 
-def find_last_checkpoint(output_dir: str | Path) -> Path:
-    """The highest <output_dir>/checkpoint/step-N that holds a complete DCP checkpoint."""
-    steps = {
+def list_checkpoints(output_dir: str | Path) -> dict[int, Path]:
+    """Every complete DCP checkpoint <output_dir>/checkpoint/step-N, by step."""
+    return {
         int(match.group(1)): path
-        for path in Path(output_dir, "checkpoint").glob("step-*")
+        for path in sorted(Path(output_dir, "checkpoint").glob("step-*"))
         if (match := re.fullmatch(r"step-(\d+)", path.name)) and (path / ".metadata").is_file()
     }
+
+
+def find_last_checkpoint(output_dir: str | Path) -> Path:
+    """The highest <output_dir>/checkpoint/step-N that holds a complete DCP checkpoint."""
+    steps = list_checkpoints(output_dir)
     if not steps:
         raise FileNotFoundError(f"no DCP checkpoint under {Path(output_dir, 'checkpoint')}")
     return steps[max(steps)]
 
 
-def load_model(checkpoint_dir: Path, model: ModelConfig, vocab_size: int) -> nn.Module:
+def load_model(checkpoint_dir: Path | None, model: ModelConfig, vocab_size: int, seed: int = 0) -> nn.Module:
+    """The model with the checkpoint's weights; with no checkpoint, freshly initialized (the starting point)."""
     device = torch.device("cpu")
     config = llama3_model_config(model, vocab_size, attention_backend(device))
     with torch.device("meta"):
         module = config.build()
     module.to_empty(device=device)
+    torch.manual_seed(seed)
     with torch.no_grad():
-        module.init_weights()  # fills the non-persistent buffers (RoPE); the weights come next
+        module.init_weights()  # fills the non-persistent buffers (RoPE), and the weights of an untrained model
+    if checkpoint_dir is None:
+        return module.eval()
     state = module.state_dict()
     # Only the model's entries are requested; optimizer, scheduler and loader state stay on disk.
     dcp.load(state, checkpoint_id=str(checkpoint_dir), no_dist=True)
@@ -101,10 +110,11 @@ def evaluate_split(module: nn.Module, split: ValSplit, cfg: EvalConfig) -> Domai
 
 
 def evaluate_checkpoint(
-    checkpoint_dir: Path, model: ModelConfig, vocab_size: int, splits: dict[str, ValSplit], cfg: EvalConfig
+    checkpoint_dir: Path | None, model: ModelConfig, vocab_size: int, splits: dict[str, ValSplit], cfg: EvalConfig,
+    seed: int = 0,
 ) -> dict[str, DomainResult]:
-    """Mean token loss (nats) and bits-per-byte of the checkpoint's model on each domain's split."""
+    """Mean token loss (nats) and bits-per-byte of the checkpoint's model (None: untrained) on each domain."""
     if cfg.seq_len > model.max_seq_len:
         raise ValueError(f"eval seq_len {cfg.seq_len} exceeds the model's max_seq_len {model.max_seq_len}")
-    module = load_model(checkpoint_dir, model, vocab_size)
+    module = load_model(checkpoint_dir, model, vocab_size, seed)
     return {domain: evaluate_split(module, split, cfg) for domain, split in splits.items()}

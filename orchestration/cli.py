@@ -49,7 +49,9 @@ def print_plan(items: list[PlanItem]) -> None:
 def summary_line(item: PlanItem) -> str:
     stats = item.manifest.stats if item.manifest else {}
     if item.stage == "eval":
-        detail = "  ".join(f"{d}: {r['bits_per_byte']:.3f} bpb" for d, r in stats.items())
+        mean = {key: sum(r[key] for r in stats.values()) / max(len(stats), 1) for key in ("initial_loss", "loss")}
+        detail = f"val loss {mean['initial_loss']:.3f} -> {mean['loss']:.3f}, bpb " + \
+            " ".join(f"{d} {r['bits_per_byte']:.2f}" for d, r in stats.items())
     elif item.stage == "checkpoint":
         detail = f"loss {stats.get('first_loss', 0):.3f} -> {stats.get('final_loss', 0):.3f}, " \
                  f"{stats.get('tokens_per_second', 0):,.0f} tokens/s"

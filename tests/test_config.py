@@ -47,3 +47,8 @@ def test_sweep_expands_to_the_cross_product() -> None:
     runs = expand_sweep(["experiment=tiny", "train.lr=0.1,0.01", "mixture.seed=1,2"])
     assert len(runs) == 4
     assert ["experiment=tiny", "train.lr=0.1", "mixture.seed=2"] in runs
+
+
+def test_missing_corpus_path_fails_before_anything_runs(capsys: pytest.CaptureFixture, tmp_path) -> None:
+    assert main(["plan", "corpus=jsonl", f"corpus.paths=[{tmp_path}/absent/*.jsonl]"]) == 2
+    assert "matches no file" in capsys.readouterr().err
