@@ -84,6 +84,7 @@ def materialize_one(overrides: list[str]) -> bool:
             versioned_assets(overrides), selection=[AssetKey(name) for name in stale],
             instance=DagsterInstance.get(), resources={"lab": LabResource(overrides=overrides)},
             tags={"lab/experiment": cfg.name}, raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
         )
         if not result.success:
             print(f"\nDagster run {result.run_id} failed; see the step logs above or in `make ui`.", file=sys.stderr)

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestration.cli import main
 from orchestration.config import compose_experiment
-from orchestration.definitions import versioned_assets
+from orchestration.definitions import build_definitions, versioned_assets
 from orchestration.lineage import STAGES, plan
 from orchestration.store import Store, content_hash
 
@@ -31,9 +31,13 @@ def materialization_counts(instance: DagsterInstance) -> dict[str, int]:
     return {name: len(instance.fetch_materializations(AssetKey(name), limit=100).records) for name in ASSETS}
 
 
-def actions(overrides: list[str]) -> dict[str, str]:
+def plan_for(overrides: list[str]):
     cfg, _ = compose_experiment(overrides)
-    return {item.stage: item.action for item in plan(cfg, Store(Path(LAB_HOME[0]) / "store"))}
+    return plan(cfg, Store(Path(LAB_HOME[0]) / "store"))
+
+
+def actions(overrides: list[str]) -> dict[str, str]:
+    return {item.stage: item.action for item in plan_for(overrides)}
 
 
 LAB_HOME: list[str] = []
@@ -107,6 +111,23 @@ def test_filter_override_reruns_filtered_and_below(lab: Path) -> None:
     after = materialization_counts(DagsterInstance.get())
     assert after["corpus"] == before["corpus"]
     assert all(after[name] == before[name] + 1 for name in ASSETS[1:])
+
+
+def test_launchpad_overrides_through_the_lineage_job(lab: Path) -> None:
+    """The Dagster launchpad's path: the `lineage` job with override strings in the `lab` resource config."""
+    instance = DagsterInstance.get()
+    before = materialization_counts(instance)["corpus"]
+    overrides = [*TINY, "corpus.domains.license.max_docs=10"]
+    job = build_definitions(TINY).resolve_job_def("lineage")
+    result = job.execute_in_process(
+        run_config={"resources": {"lab": {"config": {"overrides": overrides}}}},
+        instance=instance, asset_selection=[AssetKey("corpus")],
+    )
+    assert result.success
+    assert materialization_counts(instance)["corpus"] == before + 1
+    metadata = result.asset_materializations_for_node("corpus")[0].metadata
+    assert metadata["fingerprint"].value == {i.stage: i.fingerprint for i in plan_for(overrides)}["corpus"]
+    assert metadata["stats"].value["domains"]["license"]["documents"] == 10
 
 
 def test_dvc_pull_restores_recorded_bytes(lab: Path) -> None:
