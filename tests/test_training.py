@@ -234,26 +234,36 @@ def make_loader(path: Path, rank: int, world: int = 2, batch: int = 2, seq_len: 
     return TokenFileDataLoader(config, dp_world_size=world, dp_rank=rank, seq_len=seq_len, local_batch_size=batch)
 
 
-def test_loader_ranks_share_consecutive_windows(tmp_path: Path) -> None:
+def test_loader_ranks_share_each_global_batch(tmp_path: Path) -> None:
     path = tmp_path / "tokens.bin"
-    np.arange(1000, dtype=np.uint32).tofile(path)
+    np.arange(1001, dtype=np.uint32).tofile(path)  # 250 windows of 4 (+1) tokens
     rank0, rank1 = make_loader(path, 0), make_loader(path, 1)
+    order = [k * rank0.stride % rank0.n_windows for k in range(8)]
     (in0, _), (in1, lab1) = rank0.next_batch(), rank1.next_batch()
-    assert in0["input"].tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    assert in1["input"].tolist() == [[8, 9, 10, 11], [12, 13, 14, 15]]
-    assert lab1.tolist() == [[9, 10, 11, 12], [13, 14, 15, 16]]
-    assert rank0.next_batch()[0]["input"][0, 0] == 16  # the next global batch starts after both shares
+    assert in0["input"][:, 0].tolist() == [4 * w for w in order[0:2]]
+    assert in1["input"][:, 0].tolist() == [4 * w for w in order[2:4]]
+    assert lab1[0].tolist() == [4 * order[2] + i for i in range(1, 5)]
+    assert rank0.next_batch()[0]["input"][0, 0] == 4 * order[4]  # the next global batch follows both shares
+    assert order[1] - order[0] > 10  # consecutive windows of the stream are spread apart
+
+
+def test_loader_serves_every_window_once_per_pass(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.bin"
+    np.arange(4 * 60 + 1, dtype=np.uint32).tofile(path)
+    loader = make_loader(path, rank=0, world=1, batch=3)
+    starts = [int(x) for _ in range(20) for x in loader.next_batch()[0]["input"][:, 0]]
+    assert sorted(starts) == [4 * w for w in range(60)]
 
 
 def test_loader_state_resumes_and_wraps(tmp_path: Path) -> None:
     path = tmp_path / "tokens.bin"
-    np.arange(21, dtype=np.uint32).tofile(path)  # five windows of 4 (+1) tokens
+    np.arange(21, dtype=np.uint32).tofile(path)  # five windows of 4 (+1) tokens, served as 0, 3, 1, 4, 2
     loader = make_loader(path, rank=0, world=1, batch=2)
     loader.next_batch()
     resumed = make_loader(path, rank=0, world=1, batch=2)
     resumed.load_state_dict(loader.state_dict())
     assert resumed.next_batch()[0]["input"].tolist() == loader.next_batch()[0]["input"].tolist()
-    assert loader.next_batch()[0]["input"].tolist() == [[16, 17, 18, 19], [0, 1, 2, 3]]
+    assert loader.next_batch()[0]["input"].tolist() == [[8, 9, 10, 11], [0, 1, 2, 3]]
 
 
 def test_job_round_trip_and_launch_command(tmp_path: Path) -> None:

@@ -1,12 +1,15 @@
 """A deterministic, resumable data loader over one flat uint32 token file.
 
-The file is the already-mixed training stream. Window k holds tokens [k*L, k*L + L + 1) (L = seq_len):
-inputs are its first L tokens, labels the last L. Every call takes the next dp_world_size * local_batch
+The file is the already-mixed training stream, cut into windows of L + 1 tokens (L = seq_len; inputs are the
+first L, labels the last L). The k-th window served is window (k * stride) mod n: a fixed permutation that
+spreads consecutive batches over the whole stream, so one long document does not fill several batches in a row,
+while each pass still serves every window exactly once (the mixture's shares hold per pass). Every call takes the next dp_world_size * local_batch
 windows (one micro-batch of the global batch); rank r keeps rows [r*B, (r+1)*B) of it. The only state is
 the number of windows consumed so far, the same on every rank; it is saved in the DCP checkpoint, so a
 resumed run continues with exactly the next window. At the end of the file it wraps around to window 0.
 """
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 from torchtitan.components.dataloader import BaseDataLoader
+
+
+def coprime_stride(n: int) -> int:
+    """A step near n / golden ratio that shares no factor with n, so k * step mod n visits every window once."""
+    stride = max(1, round(n * 0.6180339887))
+    while math.gcd(stride, n) != 1:
+        stride += 1
+    return stride
 
 
 class TokenFileDataLoader(BaseDataLoader):
@@ -38,6 +49,7 @@ class TokenFileDataLoader(BaseDataLoader):
         self.n_windows = (len(self.tokens) - 1) // seq_len
         if self.n_windows < 1:
             raise ValueError(f"{config.dataset_path} holds fewer than seq_len + 1 = {seq_len + 1} tokens")
+        self.stride = coprime_stride(self.n_windows)
         self.seq_len = seq_len
         self.local_batch_size = local_batch_size
         self.dp_world_size = dp_world_size
@@ -45,7 +57,7 @@ class TokenFileDataLoader(BaseDataLoader):
         self.windows_consumed = 0
 
     def _window(self, k: int) -> np.ndarray:
-        start = (k % self.n_windows) * self.seq_len
+        start = (k * self.stride % self.n_windows) * self.seq_len
         return self.tokens[start : start + self.seq_len + 1]
 
     def next_batch(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
