@@ -94,7 +94,8 @@ class LabResource(ConfigurableResource):
         item = items[stage]
         if item.manifest is not None:
             context.log.info(f"{stage}: reusing {item.fingerprint} ({item.reason})")
-            return self._result(item.manifest, {"reused": True})
+            pointer = lab.dvc.pointer(lab.store.path(stage, item.fingerprint))
+            return self._result(item.manifest, {"reused": True, "dvc": MetadataValue.json(pointer or {})})
         upstream = {name: items[name].manifest for name in spec.upstream}
         run_id = lab.tracker.start_run(lab.cfg.name, stage, self._tags(context, item.fingerprint, upstream),
                                        spec.config_slice(lab.cfg))

@@ -51,9 +51,18 @@ class DvcStore:
         self.dvc("add", "--quiet", relative)
         pointer_file = f"{relative}.dvc"
         self.dvc("push", "--quiet", pointer_file)
-        pointer = yaml.safe_load((self.root / pointer_file).read_text())["outs"][0]
-        return {"pointer_file": pointer_file, "md5": pointer["md5"], "size": pointer["size"],
-                "nfiles": pointer["nfiles"], "remote": REMOTE_NAME}
+        pointer = self.pointer(output)
+        assert pointer is not None, f"dvc add wrote no {pointer_file}"
+        return pointer
+
+    def pointer(self, output: Path) -> dict | None:
+        """The recorded DVC pointer of an output folder, if it was versioned."""
+        pointer_file = f"{output.relative_to(self.root).as_posix()}.dvc"
+        if not (self.root / pointer_file).is_file():
+            return None
+        out = yaml.safe_load((self.root / pointer_file).read_text())["outs"][0]
+        return {"pointer_file": pointer_file, "md5": out["md5"], "size": out["size"], "nfiles": out["nfiles"],
+                "remote": REMOTE_NAME}
 
     def pull(self, pointer_file: str) -> None:
         self.ensure_repo()

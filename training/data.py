@@ -3,10 +3,11 @@
 The file is the already-mixed training stream, cut into windows of L + 1 tokens (L = seq_len; inputs are the
 first L, labels the last L). The k-th window served is window (k * stride) mod n: a fixed permutation that
 spreads consecutive batches over the whole stream, so one long document does not fill several batches in a row,
-while each pass still serves every window exactly once (the mixture's shares hold per pass). Every call takes the next dp_world_size * local_batch
-windows (one micro-batch of the global batch); rank r keeps rows [r*B, (r+1)*B) of it. The only state is
-the number of windows consumed so far, the same on every rank; it is saved in the DCP checkpoint, so a
-resumed run continues with exactly the next window. At the end of the file it wraps around to window 0.
+while each pass still serves every window exactly once (the mixture's shares hold per pass).
+Every call takes the next dp_world_size * local_batch windows (one micro-batch of the global batch); rank r
+keeps rows [r*B, (r+1)*B) of it. The only state is the number of windows consumed so far, the same on every
+rank; it is saved in the DCP checkpoint, so a resumed run continues with exactly the next window. After the
+last window of a pass the order starts again.
 """
 
 import math
