@@ -37,9 +37,9 @@ lint: venv
 ui: venv
 	@mkdir -p $(LAB_HOME)/dagster && cp dagster.yaml $(LAB_HOME)/dagster/dagster.yaml
 	@echo "Dagster: http://127.0.0.1:3000   MLflow: http://127.0.0.1:5000   (Ctrl-C stops both)"
-	DAGSTER_HOME=$(abspath $(LAB_HOME))/dagster $(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1 -p 3000 & \
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(LAB_HOME))/mlflow.db -h 127.0.0.1 -p 5000; \
-	kill %1
+	@DAGSTER_HOME=$(abspath $(LAB_HOME))/dagster $(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1 -p 3000 & \
+	dagster_pid=$$!; trap 'kill $$dagster_pid' EXIT INT TERM; \
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(LAB_HOME))/mlflow.db -h 127.0.0.1 -p 5000
 
 clean:
 	rm -rf $(LAB_HOME)
