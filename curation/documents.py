@@ -58,17 +58,19 @@ class Quarantine:
 
 
 def write_documents(path: Path, documents: Iterable[dict]) -> int:
+    """Gzipped JSON lines with a fixed header time: the same documents always give the same bytes."""
     count = 0
-    with gzip.open(path, "wt", encoding="utf-8") as out:
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as zipped:
         for doc in documents:
-            out.write(json.dumps(doc, ensure_ascii=False) + "\n")
+            zipped.write((json.dumps(doc, ensure_ascii=False) + "\n").encode("utf-8"))
             count += 1
     return count
 
 
 def read_documents(path: Path) -> Iterator[dict]:
     """Read documents written by ``write_documents`` or by datatrove's JsonlWriter (metadata nested or flat)."""
-    with gzip.open(path, "rt", encoding="utf-8") as lines:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as lines:
         for line in lines:
             record = json.loads(line)
             record.update(record.pop("metadata", {}) or {})
@@ -76,4 +78,4 @@ def read_documents(path: Path) -> Iterator[dict]:
 
 
 def iter_document_files(folder: Path) -> list[Path]:
-    return sorted(folder.rglob("*.jsonl.gz"))
+    return sorted([*folder.rglob("*.jsonl.gz"), *folder.rglob("*.jsonl")])

@@ -121,12 +121,14 @@ class ExactDedupFilter(BaseFilter):
 
 
 def _writer(folder: Path) -> JsonlWriter:
-    return JsonlWriter(str(folder), output_filename="${rank}.jsonl.gz", expand_metadata=True)
+    # Uncompressed: datatrove's gzip headers carry the write time, and identical documents must give identical
+    # bytes, or an unchanged output would look changed and re-run everything below it.
+    return JsonlWriter(str(folder), output_filename="${rank}.jsonl", compression=None, expand_metadata=True)
 
 
 def _reader(folder: Path) -> JsonlReader:
     # add_file_path=False: datatrove would otherwise put the absolute machine path into every document.
-    return JsonlReader(str(folder), glob_pattern="*.jsonl.gz", add_file_path=False)
+    return JsonlReader(str(folder), glob_pattern="*.jsonl*", add_file_path=False)
 
 
 def quality_steps(cfg: FilterConfig, rejected: Path) -> list[BaseFilter]:

@@ -43,7 +43,11 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
 
 def print_plan(items: list[PlanItem]) -> None:
     for item in items:
-        print(f"  {item.stage:<11} {item.action:<6} {item.fingerprint or '(pending)':<17} {item.reason}")
+        cost = f"~{item.estimated_seconds:.0f} s" if item.action == "run" and item.estimated_seconds else ""
+        print(f"  {item.stage:<11} {item.action:<6} {cost:>7} {item.fingerprint or '(pending)':<17} {item.reason}")
+    known = [i.estimated_seconds for i in items if i.action == "run" and i.estimated_seconds]
+    if known:
+        print(f"  estimated: ~{sum(known):.0f} s, from the last build of each stage that will run")
 
 
 def summary_line(item: PlanItem) -> str:

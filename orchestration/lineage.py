@@ -89,6 +89,8 @@ class PlanItem:
     reason: str
     fingerprint: str = ""  # known once every upstream output is known
     manifest: Manifest | None = None
+    # What a run is likely to cost: the build time of the stage's most recent output, if any.
+    estimated_seconds: float | None = None
 
 
 def stage_fingerprint(spec: StageSpec, cfg: ExperimentConfig, upstream: dict[str, Manifest]) -> str:
@@ -104,9 +106,12 @@ def plan(cfg: ExperimentConfig, store: Store) -> list[PlanItem]:
     """
     items: dict[str, PlanItem] = {}
     for spec in STAGES:
+        earlier = sorted(store.list(spec.name), key=lambda m: m.created_at)
+        estimate = earlier[-1].build_seconds if earlier else None
         pending = [name for name in spec.upstream if items[name].manifest is None]
         if pending:
-            items[spec.name] = PlanItem(spec.name, "run", f"upstream {', '.join(pending)} will run")
+            items[spec.name] = PlanItem(spec.name, "run", f"upstream {', '.join(pending)} will run",
+                                        estimated_seconds=estimate)
             continue
         upstream = {name: items[name].manifest for name in spec.upstream}
         fp = stage_fingerprint(spec, cfg, upstream)
@@ -114,13 +119,13 @@ def plan(cfg: ExperimentConfig, store: Store) -> list[PlanItem]:
         if found is not None:
             items[spec.name] = PlanItem(spec.name, "reuse", "output with this fingerprint exists", fp, found)
         else:
-            items[spec.name] = PlanItem(spec.name, "run", _why_new(spec, cfg, store, upstream), fp)
+            items[spec.name] = PlanItem(spec.name, "run", _why_new(spec, cfg, earlier, upstream), fp,
+                                        estimated_seconds=estimate)
     return list(items.values())
 
 
-def _why_new(spec: StageSpec, cfg: ExperimentConfig, store: Store, upstream: dict[str, Manifest]) -> str:
+def _why_new(spec: StageSpec, cfg: ExperimentConfig, earlier: list[Manifest], upstream: dict[str, Manifest]) -> str:
     """Explain a cache miss against the newest earlier output of the stage: config diff, code or upstream."""
-    earlier = sorted((m for m in store.list(spec.name)), key=lambda m: m.created_at)
     if not earlier:
         return "never materialized"
     last = earlier[-1]

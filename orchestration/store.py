@@ -62,6 +62,7 @@ class Manifest:
     upstream: dict[str, str]
     stats: dict
     created_at: float = field(default_factory=time.time)
+    build_seconds: float = 0.0
     mlflow_run_id: str = ""
     dagster_run_id: str = ""
 
@@ -100,7 +101,9 @@ class Store:
         if partial.exists() and not keep_partial:
             shutil.rmtree(partial)
         partial.mkdir(parents=True, exist_ok=True)
+        started = time.time()
         manifest = build(partial)
+        manifest.build_seconds = round(time.time() - started, 1)
         manifest.content_hash = content_hash(partial)
         manifest.save(partial)
         final = self.path(stage, fp)

@@ -84,3 +84,18 @@ def test_pipeline_routes_rules_by_domain_and_keeps_rejects(tmp_path: Path) -> No
     assert not (tmp_path / "out" / "work").exists()
     kept_license = next(d for d in kept if d["source"] == "a/LICENSE")
     assert kept_license["minhash_cluster_size"] == 2
+
+
+def test_same_input_gives_the_same_bytes(tmp_path: Path) -> None:
+    """Outputs are deterministic, so an unchanged stage output never looks changed to the stages below."""
+    from orchestration.store import content_hash
+
+    documents = [make_document(PROSE, "docs", "story.md"), make_document("x = 1\n", "python", "x.py")]
+    (tmp_path / "corpus").mkdir()
+    write_documents(tmp_path / "corpus" / DOCUMENTS_FILE, documents)
+    first = content_hash(tmp_path / "corpus")
+    write_documents(tmp_path / "corpus" / DOCUMENTS_FILE, documents)
+    assert content_hash(tmp_path / "corpus") == first
+    for run in ("a", "b"):
+        build_filtered(FilterConfig(), tmp_path / "corpus", tmp_path / run)
+    assert content_hash(tmp_path / "a") == content_hash(tmp_path / "b")
