@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, MaterializeResult, PipesSubprocessClient, asset
 
-from evaluation.plots import plot_loss_curve
+from evaluation.plots import plot_curves
 from orchestration.config import REPO_ROOT
 from orchestration.resources import LabResource, StageResult, StageRun
 from training.job import TrainJob, launch_command
@@ -27,7 +27,8 @@ def build(run: StageRun) -> StageResult:
         job.save(job_path)
         PipesSubprocessClient().run(context=run.context, command=launch_command(job_path), cwd=str(REPO_ROOT))
     summary = json.loads((run.output / "train_summary.json").read_text())
-    plot_loss_curve(summary["loss_curve"], run.output / "loss_curve.png", title=f"{cfg.name}: training loss")
+    plot_curves({"train": summary["loss_curve"]}, run.output / "loss_curve.png", title=f"{cfg.name}: training loss",
+                ylabel="loss (nats/token)")
     stats = {k: v for k, v in summary.items() if k != "loss_curve"}
     stats["vocab_size"] = run.upstream_manifests["tokenizer"].stats["vocab_size"]
     return StageResult(

@@ -8,7 +8,7 @@ import json
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from evaluation.perplexity import ValSplit, evaluate_checkpoint, list_checkpoints
-from evaluation.plots import plot_domain_curves
+from evaluation.plots import plot_curves
 from orchestration.resources import LabResource, StageResult, StageRun
 
 
@@ -30,7 +30,7 @@ def build(run: StageRun) -> StageResult:
     final, initial = curve[max(curve)], curve[0]
     stats = {name: {**final[name], "initial_loss": initial[name]["loss"]} for name in final}
     (run.output / "eval.json").write_text(json.dumps({"final": stats, "by_step": curve}, indent=2))
-    plot_domain_curves({d: [(s, curve[s][d]["loss"]) for s in curve] for d in final}, run.output / "val_loss.png",
+    plot_curves({d: [(s, curve[s][d]["loss"]) for s in curve] for d in final}, run.output / "val_loss.png",
                        title=f"{run.cfg.name}: validation loss per domain", ylabel="loss (nats/token)")
     table = "| domain | tokens | initial loss | final loss | bits/byte |\n|---|---:|---:|---:|---:|\n" + "\n".join(
         f"| {d} | {r['tokens']:,} | {r['initial_loss']:.3f} | {r['loss']:.3f} | {r['bits_per_byte']:.3f} |"

@@ -2,24 +2,17 @@
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from curation.documents import iter_document_files, read_documents
 from curation.filters import build_filtered
 from orchestration.resources import LabResource, StageResult, StageRun
 
 
 def build(run: StageRun) -> StageResult:
     stats = build_filtered(run.cfg.filter, run.upstream["corpus"], run.output)
-    kept: dict[str, int] = {}
-    for path in iter_document_files(run.output / "kept"):
-        for doc in read_documents(path):
-            kept[doc["domain"]] = kept.get(doc["domain"], 0) + 1
-    stats["kept_by_domain"] = kept
-    stats["kept"] = sum(kept.values())
     removed = "| rule | removed |\n|---|---:|\n" + "\n".join(
         f"| {rule} | {count} |" for rule, count in sorted(stats["removed_by_rule"].items(), key=lambda x: -x[1])
     )
     return StageResult(stats, {"documents": stats["kept"], "removed_by_rule": MetadataValue.md(removed),
-                               "kept_by_domain": MetadataValue.json(kept)})
+                               "kept_by_domain": MetadataValue.json(stats["kept_by_domain"])})
 
 
 @asset(deps=["corpus"], group_name="lineage",

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from datatrove.pipeline.writers import JsonlWriter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
 from curation.code_filters import AlphanumericFilter, GeneratedFileFilter, LineLengthFilter, PythonSyntaxFilter
+from curation.documents import iter_document_files, read_documents
 
 
 @dataclass
@@ -193,15 +195,16 @@ def build_filtered(cfg: FilterConfig, corpus_dir: Path, out_dir: Path) -> dict:
     work, rejected = out_dir / "work", out_dir / "rejected"
     screened = work / "screened"
     stats = _run([_reader(corpus_dir), *quality_steps(cfg, rejected), _writer(screened)], work, "quality")
-    kept_source = screened
     if cfg.dedup.near:
         stats += near_dedup(cfg, screened, out_dir / "kept", rejected / "near_duplicate", work)
     else:
-        shutil.copytree(kept_source, out_dir / "kept")
+        shutil.copytree(screened, out_dir / "kept")
     # Signatures, buckets and logs are scratch: the outputs are the kept and rejected documents.
     shutil.rmtree(work)
     (out_dir / "kept").mkdir(exist_ok=True)
-    return {"removed_by_rule": _removed_by_reason(stats), "steps": [s["name"] for s in stats]}
+    kept = Counter(doc["domain"] for path in iter_document_files(out_dir / "kept") for doc in read_documents(path))
+    return {"kept": sum(kept.values()), "kept_by_domain": dict(sorted(kept.items())),
+            "removed_by_rule": _removed_by_reason(stats), "steps": [s["name"] for s in stats]}
 
 
 def near_dedup(cfg: FilterConfig, screened: Path, kept: Path, rejected: Path, work: Path) -> list[dict]:

@@ -26,6 +26,8 @@ class StageSpec:
     # The part of the experiment config that decides the stage's bytes (never paths, workers or storage).
     config_slice: Callable[[ExperimentConfig], dict]
     description: str
+    # A resumable stage (training) keeps its interrupted partial output and continues from it.
+    resumable: bool = False
 
 
 def _filter_slice(cfg: ExperimentConfig) -> dict:
@@ -50,11 +52,12 @@ STAGES: tuple[StageSpec, ...] = (
               lambda c: {"mixture": asdict(c.mixture), "validation_fraction": c.validation_fraction},
               "Token shards per domain and split, and the training stream mixed by weight."),
     StageSpec("checkpoint", ("tokenizer", "mixed"),
-              ("training", "kernels", "assets.checkpoint"),
+              ("training", "kernels", "evaluation.plots", "assets.checkpoint"),
               lambda c: {"model": asdict(c.model), "train": asdict(c.train)},
-              "A TorchTitan training run (torchrun, FSDP) on the mixed stream; DCP checkpoints."),
+              "A TorchTitan training run (torchrun, FSDP) on the mixed stream; DCP checkpoints.", resumable=True),
     StageSpec("eval", ("mixed", "checkpoint"),
-              ("evaluation.perplexity", "training.model", "training.config", "kernels", "assets.eval"),
+              ("evaluation.perplexity", "evaluation.plots", "training.model", "training.config", "kernels",
+               "assets.eval"),
               lambda c: {"eval": asdict(c.eval)},
               "Per-domain validation loss and bits-per-byte of the final checkpoint."),
 )
@@ -89,13 +92,11 @@ class PlanItem:
     reason: str
     fingerprint: str = ""  # known once every upstream output is known
     manifest: Manifest | None = None
+    # The identity that went into the fingerprint, computed once (the corpus slice scans its source).
+    config: dict | None = None
+    code_version: str = ""
     # What a run is likely to cost: the build time of the stage's most recent output, if any.
     estimated_seconds: float | None = None
-
-
-def stage_fingerprint(spec: StageSpec, cfg: ExperimentConfig, upstream: dict[str, Manifest]) -> str:
-    hashes = {name: upstream[name].content_hash for name in spec.upstream}
-    return fingerprint(spec.name, code_version(spec), spec.config_slice(cfg), hashes)
 
 
 def plan(cfg: ExperimentConfig, store: Store) -> list[PlanItem]:
@@ -114,28 +115,30 @@ def plan(cfg: ExperimentConfig, store: Store) -> list[PlanItem]:
                                         estimated_seconds=estimate)
             continue
         upstream = {name: items[name].manifest for name in spec.upstream}
-        fp = stage_fingerprint(spec, cfg, upstream)
+        config, code = spec.config_slice(cfg), code_version(spec)
+        fp = fingerprint(spec.name, code, config, {name: m.content_hash for name, m in upstream.items()})
         found = store.find(spec.name, fp)
         if found is not None:
-            items[spec.name] = PlanItem(spec.name, "reuse", "output with this fingerprint exists", fp, found)
+            items[spec.name] = PlanItem(spec.name, "reuse", "output with this fingerprint exists", fp, found,
+                                        config=config, code_version=code)
         else:
-            items[spec.name] = PlanItem(spec.name, "run", _why_new(spec, cfg, earlier, upstream), fp,
-                                        estimated_seconds=estimate)
+            reason = _why_new(spec, config, code, earlier, upstream)
+            items[spec.name] = PlanItem(spec.name, "run", reason, fp, estimated_seconds=estimate,
+                                        config=config, code_version=code)
     return list(items.values())
 
 
-def _why_new(spec: StageSpec, cfg: ExperimentConfig, earlier: list[Manifest], upstream: dict[str, Manifest]) -> str:
+def _why_new(spec: StageSpec, config: dict, code: str, earlier: list[Manifest], upstream: dict[str, Manifest]) -> str:
     """Explain a cache miss against the newest earlier output of the stage: config diff, code or upstream."""
     if not earlier:
         return "never materialized"
     last = earlier[-1]
     reasons = []
-    new_slice = spec.config_slice(cfg)
-    old, new = flatten(last.config), flatten(new_slice)
+    old, new = flatten(last.config), flatten(config)
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if changed:
         reasons.append("config " + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5]))
-    if last.code_version != code_version(spec):
+    if last.code_version != code:
         reasons.append("code changed")
     moved = [n for n in spec.upstream if last.upstream.get(n) != upstream[n].content_hash]
     if moved:

@@ -24,7 +24,7 @@ from dagster import (
 from pydantic import PrivateAttr
 
 from orchestration.config import ExperimentConfig, compose_experiment, lab_home
-from orchestration.lineage import STAGE_BY_NAME, code_version, plan
+from orchestration.lineage import STAGE_BY_NAME, PlanItem, plan
 from orchestration.store import Manifest, Store
 from orchestration.tracking import Tracker, git_revision
 from orchestration.versioning import DvcStore
@@ -98,9 +98,9 @@ class LabResource(ConfigurableResource):
             return self._result(item.manifest, {"reused": True, "dvc": MetadataValue.json(pointer or {})})
         upstream = {name: items[name].manifest for name in spec.upstream}
         run_id = lab.tracker.start_run(lab.cfg.name, stage, self._tags(context, item.fingerprint, upstream),
-                                       spec.config_slice(lab.cfg))
+                                       item.config)
         try:
-            manifest, result = self._build(context, stage, item.fingerprint, upstream, run_id, build)
+            manifest, result = self._build(context, item, upstream, run_id, build)
             pointer = lab.dvc.add_and_push(lab.store.path(stage, manifest.fingerprint))
         except BaseException:
             lab.tracker.finish_run(run_id, {}, {"lab.error": traceback.format_exc()[-4000:]}, [], "FAILED")
@@ -114,21 +114,20 @@ class LabResource(ConfigurableResource):
         )
         return self._result(manifest, {"reused": False, "dvc": MetadataValue.json(pointer), **result.metadata})
 
-    def _build(self, context, stage, fp, upstream, run_id, build) -> tuple[Manifest, StageResult]:
-        lab, spec = self.lab, STAGE_BY_NAME[stage]
+    def _build(self, context, item: PlanItem, upstream, run_id, build) -> tuple[Manifest, StageResult]:
+        lab, spec = self.lab, STAGE_BY_NAME[item.stage]
         outcome: dict[str, StageResult] = {}
 
         def build_into(partial: Path) -> Manifest:
             run = StageRun(lab.cfg, partial, {n: lab.store.path(n, m.fingerprint) for n, m in upstream.items()},
                            upstream, context, lab.tracker.tracking_uri, run_id)
             outcome["result"] = build(run)
-            return Manifest(stage=stage, fingerprint=fp, content_hash="", code_version=code_version(spec),
-                            config=spec.config_slice(lab.cfg),
+            return Manifest(stage=item.stage, fingerprint=item.fingerprint, content_hash="",
+                            code_version=item.code_version, config=item.config,
                             upstream={n: m.content_hash for n, m in upstream.items()},
                             stats=outcome["result"].stats, mlflow_run_id=run_id, dagster_run_id=context.run.run_id)
 
-        # Training resumes from its own interrupted checkpoints; every other stage starts clean.
-        manifest = lab.store.commit(stage, fp, build_into, keep_partial=(stage == "checkpoint"))
+        manifest = lab.store.commit(item.stage, item.fingerprint, build_into, keep_partial=spec.resumable)
         return manifest, outcome["result"]
 
     def _tags(self, context: AssetExecutionContext, fp: str, upstream: dict[str, Manifest]) -> dict[str, str]:

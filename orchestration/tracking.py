@@ -17,7 +17,9 @@ from mlflow.tracking import MlflowClient
 from orchestration.config import REPO_ROOT
 from orchestration.store import flatten
 
-MAX_PARAMS_PER_BATCH = 100  # MLflow's limit for one log_batch call
+# MLflow's limits for one log_batch call.
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
 
 
 def git_revision() -> str:
@@ -59,15 +61,9 @@ class Tracker:
                    status: str = "FINISHED") -> None:
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, 0) for k, v in numeric_leaves(stats).items()]
-        for start in range(0, len(metrics), 1000):
-            self.client.log_batch(run_id, metrics=metrics[start:start + 1000],
-                                  tags=[RunTag(k, v) for k, v in tags.items()] if start == 0 else ())
-        if not metrics and tags:
-            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
         for artifact in artifacts:
             self.client.log_artifact(run_id, str(artifact))
         self.client.set_terminated(run_id, status)
-
-    def run_url(self, run_id: str) -> str:
-        run = self.client.get_run(run_id)
-        return f"#/experiments/{run.info.experiment_id}/runs/{run_id}"

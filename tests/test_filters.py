@@ -76,6 +76,7 @@ def test_pipeline_routes_rules_by_domain_and_keeps_rejects(tmp_path: Path) -> No
     assert rejected[("gopher_quality", "tiny.txt")] == 1
     assert rejected[("exact_duplicate", "b/LICENSE")] == 1
     assert rejected[("near_duplicate", "c/LICENSE")] == 1
+    assert stats["kept"] == 4 and stats["kept_by_domain"] == {"docs": 1, "license": 1, "python": 2}
     removed = stats["removed_by_rule"]
     assert removed["syntax_error"] == 1 and removed["max_line_length"] == 1
     assert removed["exact_duplicate"] == 1 and removed["near_duplicate"] == 1
