@@ -82,7 +82,7 @@ def materialize_one(overrides: list[str]) -> bool:
     stale = [item.stage for item in before if item.action == "run"]
     print(f"Experiment '{cfg.name}' {' '.join(overrides)}\nPlan:")
     print_plan(before)
-    started = time.time()
+    started, run_id = time.time(), ""
     if stale:
         result = materialize(
             versioned_assets(overrides), selection=[AssetKey(name) for name in stale],
@@ -93,14 +93,17 @@ def materialize_one(overrides: list[str]) -> bool:
         if not result.success:
             print(f"\nDagster run {result.run_id} failed; see the step logs above or in `make ui`.", file=sys.stderr)
             return False
-    report(cfg, store, set(stale), time.time() - started)
+        run_id = result.run_id
+    report(cfg, store, run_id, time.time() - started)
     return True
 
 
-def report(cfg: ExperimentConfig, store: Store, ran: set[str], seconds: float) -> None:
+def report(cfg: ExperimentConfig, store: Store, run_id: str, seconds: float) -> None:
+    """Each stage's output for this config; 'materialized' where this Dagster run built it, else 'reused'."""
     print(f"\nDone in {seconds:.0f} s. Lab home: {lab_home(cfg)}")
     for item in plan(cfg, store):
-        state = "materialized" if item.stage in ran else "reused"
+        built_now = run_id and item.manifest and item.manifest.dagster_run_id == run_id
+        state = "materialized" if built_now else "reused"
         print(f"{state:>13}{summary_line(item)}")
     print(UI_HINT)
 
