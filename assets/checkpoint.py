@@ -6,6 +6,7 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, MaterializeResult, PipesSubprocessClient, asset
 
+from evaluation.perplexity import list_checkpoints
 from evaluation.plots import plot_curves
 from orchestration.config import REPO_ROOT
 from orchestration.resources import LabResource, StageResult, StageRun
@@ -31,6 +32,7 @@ def build(run: StageRun) -> StageResult:
                 ylabel="loss (nats/token)")
     stats = {k: v for k, v in summary.items() if k != "loss_curve"}
     stats["vocab_size"] = run.upstream_manifests["tokenizer"].stats["vocab_size"]
+    stats["checkpoint_steps"] = sorted(list_checkpoints(run.output))  # what children may start or branch from
     return StageResult(
         stats,
         {"first_loss": summary["first_loss"], "final_loss": summary["final_loss"],

@@ -1,6 +1,8 @@
 """``eval``: per-domain validation loss and bits-per-byte on the held-out shards, at every checkpoint.
 
-Step 0 is the untrained model (the training seed's initialization): the starting value the curve falls from.
+The curve starts where training started: the untrained model (the training seed's initialization) at step 0, or,
+for continual pretraining, the parent's checkpoint (at step 0, or at the branch step for a WSD branch), so that
+the early rise and recovery (the stability gap) and the forgetting on the parent's domains are visible.
 """
 
 import json
@@ -20,14 +22,19 @@ def build(run: StageRun) -> StageResult:
         for name, split in domains.items() if "val" in split
     }
     vocab_size = run.upstream_manifests["checkpoint"].stats["vocab_size"]
-    checkpoints = {0: None, **list_checkpoints(run.upstream["checkpoint"])}
+    trained = list_checkpoints(run.upstream["checkpoint"])
+    if "parent" in run.upstream:  # a branch keeps the parent's step count; continual pretraining restarts at 0
+        start = run.parent_step if run.cfg.parent.mode == "branch" else 0
+        checkpoints = {start: list_checkpoints(run.upstream["parent"])[run.parent_step], **trained}
+    else:
+        checkpoints = {0: None, **trained}
     curve = {}
     for step, checkpoint in checkpoints.items():
         results = evaluate_checkpoint(checkpoint, run.cfg.model, vocab_size, splits, run.cfg.eval, run.cfg.train.seed)
         curve[step] = {name: {"loss": r.loss, "bits_per_byte": r.bits_per_byte, "tokens": r.tokens}
                        for name, r in results.items()}
         run.context.log.info(f"eval step {step}: " + ", ".join(f"{d} {r.loss:.3f}" for d, r in results.items()))
-    final, initial = curve[max(curve)], curve[0]
+    final, initial = curve[max(curve)], curve[min(curve)]
     stats = {name: {**final[name], "initial_loss": initial[name]["loss"]} for name in final}
     (run.output / "eval.json").write_text(json.dumps({"final": stats, "by_step": curve}, indent=2))
     plot_curves({d: [(s, curve[s][d]["loss"]) for s in curve] for d in final}, run.output / "val_loss.png",
@@ -40,6 +47,6 @@ def build(run: StageRun) -> StageResult:
 
 
 @asset(deps=["mixed", "checkpoint"], group_name="lineage",
-       description="Per-domain validation loss and bits-per-byte, from the untrained start to the final checkpoint.")
+       description="Per-domain validation loss and bits-per-byte at every checkpoint, from where training started.")
 def eval(context: AssetExecutionContext, lab: LabResource) -> MaterializeResult:  # noqa: A001
     return lab.materialize(context, "eval", build)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from orchestration.config import REPO_ROOT, ConfigError, ExperimentConfig, compose_experiment, lab_home
-from orchestration.lineage import PlanItem, plan
+from orchestration.lineage import PlanItem, plan, resolve_parent
 from orchestration.store import Store
 
 UI_HINT = """Look at the results:
@@ -78,8 +78,15 @@ def materialize_one(overrides: list[str]) -> bool:
     cfg, _ = compose_experiment(overrides)
     store = Store(lab_home(cfg) / "store")
     prepare_dagster_home(lab_home(cfg))
+    parent = resolve_parent(cfg, store)
+    if parent is not None and parent.manifest is None:
+        print(f"Materializing the parent experiment first: {' '.join(parent.overrides)}")
+        if not materialize_one(parent.overrides):
+            return False
     before = plan(cfg, store)
     stale = [item.stage for item in before if item.action == "run"]
+    if parent is not None and stale:
+        stale.insert(0, "parent_checkpoint")
     print(f"Experiment '{cfg.name}' {' '.join(overrides)}\nPlan:")
     print_plan(before)
     started, run_id = time.time(), ""

@@ -43,6 +43,28 @@ class StorageConfig:
 
 
 @dataclass
+class ParentConfig:
+    """Start training from another experiment's checkpoint: continual pretraining, or a WSD branch.
+
+    The parent is named by the Hydra overrides that compose it (e.g. ["experiment=demo"]); its identity in the
+    lineage is the content hash of its checkpoint output, not these strings.
+    """
+
+    # Overrides composing the parent experiment; empty: train from scratch.
+    experiment: list[str] = field(default_factory=list)
+    # The parent's checkpoint step to start from; null: its last checkpoint.
+    step: int | None = None
+    # weights: model only, fresh optimizer, step 0 (continual pretraining with a rewarmed schedule).
+    # weights_and_optimizer: model and AdamW moments, step 0.
+    # branch: everything (optimizer, schedule position, loader, step): the parent run continues from `step`
+    # into a new output, e.g. a WSD cooldown of another length. Needs the parent's model, data and batch shape.
+    mode: str = "weights"
+
+
+PARENT_MODES = ("weights", "weights_and_optimizer", "branch")
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "demo"
     # Share of documents held out for validation, by document hash; the tokenizer never sees them.
@@ -56,6 +78,7 @@ class ExperimentConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    parent: ParentConfig = field(default_factory=ParentConfig)
 
 
 class ConfigError(ValueError):
@@ -89,6 +112,8 @@ def compose_experiment(overrides: list[str] | tuple[str, ...] = ()) -> tuple[Exp
             message += f"\n{error.__cause__}"
         raise ConfigError(f"Invalid experiment config: {message}{_valid_keys_hint(message)}") from None
     assert isinstance(experiment, ExperimentConfig)
+    if experiment.parent.mode not in PARENT_MODES:
+        raise ConfigError(f"parent.mode={experiment.parent.mode!r}; choose one of {', '.join(PARENT_MODES)}")
     return experiment, composed
 
 

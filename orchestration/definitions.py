@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import shlex
 
-from dagster import AssetsDefinition, AssetSelection, Definitions, define_asset_job
+from dagster import AssetDep, AssetsDefinition, AssetSelection, Definitions, define_asset_job
 
 from assets.checkpoint import checkpoint
 from assets.corpus import corpus
 from assets.eval import eval as eval_asset
 from assets.filtered import filtered
 from assets.mixed import mixed
+from assets.parent import parent_checkpoint
 from assets.tokenizer import tokenizer
 from orchestration.config import compose_experiment
 from orchestration.lineage import STAGE_BY_NAME, config_version
@@ -27,13 +28,21 @@ LINEAGE_ASSETS: tuple[AssetsDefinition, ...] = (corpus, filtered, tokenizer, mix
 
 
 def versioned_assets(overrides: list[str]) -> list[AssetsDefinition]:
-    """The lineage assets with code versions for this experiment's config."""
+    """The lineage assets with code versions for this experiment's config.
+
+    An experiment with a parent (continual pretraining, a WSD branch) also gets the `parent_checkpoint` asset,
+    upstream of the stages that follow the parent, so the graph shows where training starts from.
+    """
     cfg, _ = compose_experiment(overrides)
-    versions = {name: config_version(spec, cfg) for name, spec in STAGE_BY_NAME.items()}
-    return [
-        asset.map_asset_specs(lambda spec: spec.replace_attributes(code_version=versions[spec.key.path[-1]]))
-        for asset in LINEAGE_ASSETS
-    ]
+    has_parent = bool(cfg.parent.experiment)
+
+    def versioned(spec):
+        stage = STAGE_BY_NAME[spec.key.path[-1]]
+        deps = [*spec.deps, AssetDep(parent_checkpoint.key)] if has_parent and stage.follows_parent else spec.deps
+        return spec.replace_attributes(code_version=config_version(stage, cfg), deps=deps)
+
+    assets = [asset.map_asset_specs(versioned) for asset in LINEAGE_ASSETS]
+    return [parent_checkpoint, *assets] if has_parent else assets
 
 
 def build_definitions(overrides: list[str]) -> Definitions:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from curation.corpus import source_signature
-from orchestration.config import ExperimentConfig
+from orchestration.config import ExperimentConfig, compose_experiment
 from orchestration.store import Manifest, Store, fingerprint, flatten
 
 
@@ -28,6 +28,8 @@ class StageSpec:
     description: str
     # A resumable stage (training) keeps its interrupted partial output and continues from it.
     resumable: bool = False
+    # The stage also depends on the parent experiment's checkpoint when the config names one (`parent.*`).
+    follows_parent: bool = False
 
 
 def _filter_slice(cfg: ExperimentConfig) -> dict:
@@ -54,12 +56,13 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("checkpoint", ("tokenizer", "mixed"),
               ("training", "kernels", "evaluation.plots", "assets.checkpoint"),
               lambda c: {"model": asdict(c.model), "train": asdict(c.train)},
-              "A TorchTitan training run (torchrun, FSDP) on the mixed stream; DCP checkpoints.", resumable=True),
+              "A TorchTitan training run (torchrun, FSDP) on the mixed stream; DCP checkpoints.", resumable=True,
+              follows_parent=True),
     StageSpec("eval", ("mixed", "checkpoint"),
               ("evaluation.perplexity", "evaluation.plots", "training.model", "training.config", "kernels",
                "assets.eval"),
               lambda c: {"eval": asdict(c.eval)},
-              "Per-domain validation loss and bits-per-byte of the final checkpoint."),
+              "Per-domain validation loss and bits-per-byte of the final checkpoint.", follows_parent=True),
 )
 STAGE_BY_NAME = {spec.name: spec for spec in STAGES}
 
@@ -97,34 +100,92 @@ class PlanItem:
     code_version: str = ""
     # What a run is likely to cost: the build time of the stage's most recent output, if any.
     estimated_seconds: float | None = None
+    # The upstream outputs by name, once all are known; "parent" is the parent experiment's checkpoint.
+    upstream: dict[str, Manifest] | None = None
 
 
-def plan(cfg: ExperimentConfig, store: Store) -> list[PlanItem]:
+@dataclass
+class Parent:
+    """The parent experiment's checkpoint output a stage starts from, and the step within it."""
+
+    overrides: list[str]
+    manifest: Manifest | None  # None: the parent's checkpoint is not materialized yet
+    step: int | None = None
+
+
+MAX_PARENT_DEPTH = 8
+
+
+def resolve_parent(cfg: ExperimentConfig, store: Store, depth: int = 0) -> Parent | None:
+    """Plan the parent experiment and pick the checkpoint step to start from (its last one by default)."""
+    if not cfg.parent.experiment:
+        return None
+    if depth >= MAX_PARENT_DEPTH:
+        raise ValueError(f"parent chain deeper than {MAX_PARENT_DEPTH}: is an experiment its own ancestor?")
+    overrides = list(cfg.parent.experiment)
+    parent_cfg, _ = compose_experiment(overrides)
+    manifest = {item.stage: item for item in plan(parent_cfg, store, depth + 1)}["checkpoint"].manifest
+    if manifest is None:
+        return Parent(overrides, None)
+    steps = manifest.stats.get("checkpoint_steps", [])
+    step = cfg.parent.step if cfg.parent.step is not None else max(steps, default=None)
+    if step not in steps:
+        raise ValueError(f"parent {' '.join(overrides)} has checkpoints at steps {steps}; set parent.step to one")
+    return Parent(overrides, manifest, step)
+
+
+def check_parent_fits(cfg: ExperimentConfig, parent: Parent, upstream: dict[str, Manifest]) -> None:
+    """Refuse a child the parent's weights cannot start: another vocabulary, model shape or (branch) data."""
+    named, manifest = " ".join(parent.overrides), parent.manifest
+    assert manifest is not None
+    if upstream["tokenizer"].content_hash != manifest.upstream["tokenizer"]:
+        raise ValueError(f"the parent ({named}) was trained with another tokenizer: continual pretraining keeps "
+                         "the parent's vocabulary, so keep the corpus, filter and tokenizer config of the parent")
+    if asdict(cfg.model) != manifest.config["model"]:
+        raise ValueError(f"model config differs from the parent's ({named}): its weights would not load")
+    if cfg.parent.mode == "branch":
+        same_batch = all(manifest.config["train"][k] == getattr(cfg.train, k) for k in ("global_batch_size", "seq_len"))
+        if upstream["mixed"].content_hash != manifest.upstream["mixed"] or not same_batch:
+            raise ValueError(f"parent.mode=branch continues the parent's data stream ({named}): keep its mixture, "
+                             "global_batch_size and seq_len, or use parent.mode=weights")
+        if cfg.train.steps <= parent.step:
+            raise ValueError(f"a branch from step {parent.step} needs train.steps above it (now {cfg.train.steps})")
+
+
+def plan(cfg: ExperimentConfig, store: Store, depth: int = 0) -> list[PlanItem]:
     """Walk the lineage top-down: reuse every output whose fingerprint exists, run the rest.
 
     A stage below one that must run is planned to run too; at run time it may still turn out a cache hit, when
-    its upstream produced the same bytes as before.
+    its upstream produced the same bytes as before. A stage that follows a parent experiment (continual
+    pretraining) also waits for the parent's checkpoint, whose content hash and step enter its fingerprint.
     """
+    parent = resolve_parent(cfg, store, depth)
     items: dict[str, PlanItem] = {}
     for spec in STAGES:
         earlier = sorted(store.list(spec.name), key=lambda m: m.created_at)
         estimate = earlier[-1].build_seconds if earlier else None
         pending = [name for name in spec.upstream if items[name].manifest is None]
+        if spec.follows_parent and parent is not None and parent.manifest is None:
+            pending.append(f"parent checkpoint ({' '.join(parent.overrides)})")
         if pending:
             items[spec.name] = PlanItem(spec.name, "run", f"upstream {', '.join(pending)} will run",
                                         estimated_seconds=estimate)
             continue
         upstream = {name: items[name].manifest for name in spec.upstream}
         config, code = spec.config_slice(cfg), code_version(spec)
+        if spec.follows_parent and parent is not None:
+            check_parent_fits(cfg, parent, upstream)
+            upstream["parent"] = parent.manifest
+            config["parent"] = {"mode": cfg.parent.mode, "step": parent.step}
         fp = fingerprint(spec.name, code, config, {name: m.content_hash for name, m in upstream.items()})
         found = store.find(spec.name, fp)
         if found is not None:
             items[spec.name] = PlanItem(spec.name, "reuse", "output with this fingerprint exists", fp, found,
-                                        config=config, code_version=code)
+                                        config=config, code_version=code, upstream=upstream)
         else:
             reason = _why_new(spec, config, code, earlier, upstream)
             items[spec.name] = PlanItem(spec.name, "run", reason, fp, estimated_seconds=estimate,
-                                        config=config, code_version=code)
+                                        config=config, code_version=code, upstream=upstream)
     return list(items.values())
 
 
@@ -140,7 +201,7 @@ def _why_new(spec: StageSpec, config: dict, code: str, earlier: list[Manifest], 
         reasons.append("config " + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5]))
     if last.code_version != code:
         reasons.append("code changed")
-    moved = [n for n in spec.upstream if last.upstream.get(n) != upstream[n].content_hash]
+    moved = [n for n in upstream if last.upstream.get(n) != upstream[n].content_hash]
     if moved:
         reasons.append(f"upstream {', '.join(moved)} changed")
     return "; ".join(reasons) or "new fingerprint"

@@ -24,7 +24,7 @@ from dagster import (
 from pydantic import PrivateAttr
 
 from orchestration.config import ExperimentConfig, compose_experiment, lab_home
-from orchestration.lineage import STAGE_BY_NAME, PlanItem, plan
+from orchestration.lineage import STAGE_BY_NAME, PlanItem, plan, resolve_parent
 from orchestration.store import Manifest, Store
 from orchestration.tracking import Tracker, git_revision
 from orchestration.versioning import DvcStore
@@ -36,11 +36,13 @@ class StageRun:
 
     cfg: ExperimentConfig
     output: Path
-    upstream: dict[str, Path]
+    upstream: dict[str, Path]  # by stage name; "parent": the parent experiment's checkpoint output
     upstream_manifests: dict[str, Manifest]
     context: AssetExecutionContext
     mlflow_tracking_uri: str
     mlflow_run_id: str
+    # The parent's checkpoint step this stage starts from (continual pretraining, branches); None without a parent.
+    parent_step: int | None = None
 
 
 @dataclass
@@ -83,24 +85,20 @@ class LabResource(ConfigurableResource):
     def materialize(
         self, context: AssetExecutionContext, stage: str, build: Callable[[StageRun], StageResult]
     ) -> MaterializeResult:
-        lab, spec = self.lab, STAGE_BY_NAME[stage]
-        items = {item.stage: item for item in plan(lab.cfg, lab.store)}
-        missing = [name for name in spec.upstream if items[name].manifest is None]
-        if missing:
+        lab = self.lab
+        item = {item.stage: item for item in plan(lab.cfg, lab.store)}[stage]
+        if item.upstream is None:
             raise RuntimeError(
-                f"'{stage}' needs {missing} materialized for this config first: run `lab materialize` "
-                f"with the same overrides, or select the upstream assets too"
+                f"'{stage}' cannot run yet: {item.reason}. Run `lab materialize` with the same overrides (it "
+                f"materializes a parent experiment first), or select the upstream assets too"
             )
-        item = items[stage]
         if item.manifest is not None:
             context.log.info(f"{stage}: reusing {item.fingerprint} ({item.reason})")
             pointer = lab.dvc.pointer(lab.store.path(stage, item.fingerprint))
             return self._result(item.manifest, {"reused": True, "dvc": MetadataValue.json(pointer or {})})
-        upstream = {name: items[name].manifest for name in spec.upstream}
-        run_id = lab.tracker.start_run(lab.cfg.name, stage, self._tags(context, item.fingerprint, upstream),
-                                       item.config)
+        run_id = lab.tracker.start_run(lab.cfg.name, stage, self._tags(context, item), item.config)
         try:
-            manifest, result = self._build(context, item, upstream, run_id, build)
+            manifest, result = self._build(context, item, run_id, build)
             pointer = lab.dvc.add_and_push(lab.store.path(stage, manifest.fingerprint))
         except BaseException:
             lab.tracker.finish_run(run_id, {}, {"lab.error": traceback.format_exc()[-4000:]}, [], "FAILED")
@@ -114,13 +112,33 @@ class LabResource(ConfigurableResource):
         )
         return self._result(manifest, {"reused": False, "dvc": MetadataValue.json(pointer), **result.metadata})
 
-    def _build(self, context, item: PlanItem, upstream, run_id, build) -> tuple[Manifest, StageResult]:
-        lab, spec = self.lab, STAGE_BY_NAME[item.stage]
+    def link_parent(self, context: AssetExecutionContext) -> MaterializeResult:
+        """The parent_checkpoint asset: which parent output and step this experiment starts from."""
+        lab = self.lab
+        parent = resolve_parent(lab.cfg, lab.store)
+        if parent is None:
+            raise RuntimeError("this experiment names no parent: set parent.experiment (e.g. [experiment=demo])")
+        if parent.manifest is None:
+            raise RuntimeError(f"the parent's checkpoint is not materialized: run `lab materialize "
+                               f"{' '.join(parent.overrides)}` (`lab materialize` on this experiment does it first)")
+        m = parent.manifest
+        context.log.info(f"parent {' '.join(parent.overrides)}: checkpoint {m.fingerprint}, step {parent.step}")
+        return MaterializeResult(
+            data_version=DataVersion(f"{m.content_hash}@{parent.step}"),
+            metadata={"parent_experiment": " ".join(parent.overrides), "step": parent.step,
+                      "mode": lab.cfg.parent.mode, "fingerprint": m.fingerprint, "content_hash": m.content_hash,
+                      "path": f"store/{m.stage}/{m.fingerprint}", "mlflow_run_id": m.mlflow_run_id,
+                      "dagster_run_id": m.dagster_run_id},
+        )
+
+    def _build(self, context, item: PlanItem, run_id, build) -> tuple[Manifest, StageResult]:
+        lab, spec, upstream = self.lab, STAGE_BY_NAME[item.stage], item.upstream or {}
         outcome: dict[str, StageResult] = {}
+        parent_step = (item.config or {}).get("parent", {}).get("step")
 
         def build_into(partial: Path) -> Manifest:
-            run = StageRun(lab.cfg, partial, {n: lab.store.path(n, m.fingerprint) for n, m in upstream.items()},
-                           upstream, context, lab.tracker.tracking_uri, run_id)
+            paths = {name: lab.store.path(m.stage, m.fingerprint) for name, m in upstream.items()}
+            run = StageRun(lab.cfg, partial, paths, upstream, context, lab.tracker.tracking_uri, run_id, parent_step)
             outcome["result"] = build(run)
             return Manifest(stage=item.stage, fingerprint=item.fingerprint, content_hash="",
                             code_version=item.code_version, config=item.config,
@@ -130,11 +148,16 @@ class LabResource(ConfigurableResource):
         manifest = lab.store.commit(item.stage, item.fingerprint, build_into, keep_partial=spec.resumable)
         return manifest, outcome["result"]
 
-    def _tags(self, context: AssetExecutionContext, fp: str, upstream: dict[str, Manifest]) -> dict[str, str]:
-        tags = {"dagster.run_id": context.run.run_id, "lab.fingerprint": fp, "git.revision": git_revision()}
-        for name, manifest in upstream.items():
+    def _tags(self, context: AssetExecutionContext, item: PlanItem) -> dict[str, str]:
+        tags = {"dagster.run_id": context.run.run_id, "lab.fingerprint": item.fingerprint,
+                "git.revision": git_revision()}
+        for name, manifest in (item.upstream or {}).items():
             tags[f"upstream.{name}"] = manifest.content_hash
             tags[f"parent_run.{name}"] = manifest.mlflow_run_id
+        if "parent" in (item.config or {}):
+            tags["lab.parent_experiment"] = " ".join(self.lab.cfg.parent.experiment)
+            tags["lab.parent_step"] = str(item.config["parent"]["step"])
+            tags["lab.parent_mode"] = item.config["parent"]["mode"]
         return tags
 
     def _result(self, manifest: Manifest, extra: dict) -> MaterializeResult:
