@@ -80,7 +80,7 @@ def encode_documents(tokenizer: Tokenizer, texts: list[str], eos: int) -> list[n
     return arrays
 
 
-def _tokenize_domains(filtered_kept: Path, tokenizer: Tokenizer, validation_fraction: float, batch: int):
+def tokenize_domains(filtered_kept: Path, tokenizer: Tokenizer, validation_fraction: float, batch: int):
     """Documents per (domain, split), plus byte counts."""
     eos = tokenizer.token_to_id(EOS)
     docs: dict[tuple[str, str], list[Document]] = {}
@@ -216,7 +216,7 @@ def build_mixture(
     cfg: MixtureConfig, filtered_kept: Path, tokenizer_dir: Path, validation_fraction: float, out_dir: Path
 ) -> dict:
     tokenizer = load_tokenizer(tokenizer_dir)
-    docs, n_bytes = _tokenize_domains(filtered_kept, tokenizer, validation_fraction, cfg.encode_batch_size)
+    docs, n_bytes = tokenize_domains(filtered_kept, tokenizer, validation_fraction, cfg.encode_batch_size)
     domains = {}
     for (domain, split), documents in sorted(docs.items()):
         folder = out_dir / "shards" / domain
