@@ -212,12 +212,9 @@ def write_stream(path: Path, picks_by_phase: dict[str, list[tuple[str, int]]], t
     return index
 
 
-def build_mixture(
-    cfg: MixtureConfig, filtered_kept: Path, tokenizer_dir: Path, validation_fraction: float, out_dir: Path
-) -> dict:
-    tokenizer = load_tokenizer(tokenizer_dir)
-    docs, n_bytes = tokenize_domains(filtered_kept, tokenizer, validation_fraction, cfg.encode_batch_size)
-    domains = {}
+def write_shards(docs: dict[tuple[str, str], list[Document]], n_bytes: dict, out_dir: Path) -> dict:
+    """shards/<domain>/<split>.bin; returns documents, tokens and bytes per domain and split."""
+    domains: dict[str, dict] = {}
     for (domain, split), documents in sorted(docs.items()):
         folder = out_dir / "shards" / domain
         folder.mkdir(parents=True, exist_ok=True)
@@ -226,35 +223,54 @@ def build_mixture(
         domains.setdefault(domain, {})[split] = {
             "documents": len(documents), "tokens": int(tokens.size), "bytes": n_bytes[(domain, split)],
         }
+    return domains
+
+
+def replay_weights(cfg: ReplayConfig, available: set[str]) -> dict[str, float]:
+    if not 0 <= cfg.fraction < 1:
+        raise ValueError(f"mixture.replay.fraction must be in [0, 1), got {cfg.fraction}")
+    return normalized_weights(cfg.weights, available, "mixture.replay.weights") if cfg.fraction else {}
+
+
+def pick_phases(phases: list[tuple[PhaseConfig, dict[str, float]]], lengths: dict[str, list[int]],
+                prefixes: dict[str, list[np.ndarray]], conditioned: list[str], tokens: int,
+                cyclers: dict[str, DocumentCycler]) -> dict[str, list[tuple[str, int]]]:
+    """Each phase's documents: its fraction of ``tokens``, prefixes counted where the phase is conditioned."""
+    picks, done = {}, 0.0
+    for phase, weights in phases:
+        phase_lengths = lengths
+        if phase.name in conditioned:
+            phase_lengths = {d: [n + len(p) for n, p in zip(lengths[d], prefixes[d], strict=True)] for d in lengths}
+        budget = round((done + phase.fraction) * tokens) - round(done * tokens)
+        picks[phase.name] = interleave(phase_lengths, weights, budget, cyclers)
+        done += phase.fraction
+    return picks
+
+
+def build_mixture(
+    cfg: MixtureConfig, filtered_kept: Path, tokenizer_dir: Path, validation_fraction: float, out_dir: Path
+) -> dict:
+    tokenizer = load_tokenizer(tokenizer_dir)
+    docs, n_bytes = tokenize_domains(filtered_kept, tokenizer, validation_fraction, cfg.encode_batch_size)
+    domains = write_shards(docs, n_bytes, out_dir)
     train = {d: documents for (d, split), documents in sorted(docs.items()) if split == "train"}
-    phases = resolve_phases(cfg, {d: sum(len(doc.tokens) for doc in documents) for d, documents in train.items()})
-    if not 0 <= cfg.replay.fraction < 1:
-        raise ValueError(f"mixture.replay.fraction must be in [0, 1), got {cfg.replay.fraction}")
+    lengths = {d: [len(doc.tokens) for doc in documents] for d, documents in train.items()}
+    phases = resolve_phases(cfg, {d: sum(n) for d, n in lengths.items()})
+    replay = replay_weights(cfg.replay, set(train))
 
     rng = random.Random(cfg.seed)
     cyclers = {d: DocumentCycler(len(documents), rng) for d, documents in train.items()}
-    lengths = {d: [len(doc.tokens) for doc in documents] for d, documents in train.items()}
     conditioned = [phase.name for phase, _ in phases if phase.condition and cfg.source_template]
-    prefix_tokens = source_prefixes(tokenizer, cfg.source_template, train) if conditioned else {}
+    prefixes = source_prefixes(tokenizer, cfg.source_template, train) if conditioned else {}
     main_tokens = round((1 - cfg.replay.fraction) * cfg.train_tokens)
-    picks, weights, done = {}, {}, 0.0
-    for phase, phase_weights in phases:
-        phase_lengths = lengths
-        if phase.name in conditioned:
-            phase_lengths = {d: [n + len(p) for n, p in zip(lengths[d], prefix_tokens[d], strict=True)]
-                             for d in lengths}
-        budget = round((done + phase.fraction) * main_tokens) - round(done * main_tokens)
-        picks[phase.name] = interleave(phase_lengths, phase_weights, budget, cyclers)
-        weights[phase.name] = phase_weights
-        done += phase.fraction
-    index = write_stream(out_dir / TRAIN_STREAM, picks, train, dict.fromkeys(conditioned, prefix_tokens),
+    picks = pick_phases(phases, lengths, prefixes, conditioned, main_tokens, cyclers)
+    index = write_stream(out_dir / TRAIN_STREAM, picks, train, dict.fromkeys(conditioned, prefixes),
                          cfg.replay.fraction)
-    ledger = {"phases": stream_ledger(index, weights)}
-    if cfg.replay.fraction > 0:
-        replay_weights = normalized_weights(cfg.replay.weights, set(train), "mixture.replay.weights")
-        replay_picks = interleave(lengths, replay_weights, round(cfg.replay.fraction * cfg.train_tokens), cyclers)
+    ledger = {"phases": stream_ledger(index, {phase.name: weights for phase, weights in phases})}
+    if replay:
+        replay_picks = interleave(lengths, replay, round(cfg.replay.fraction * cfg.train_tokens), cyclers)
         replay_index = write_stream(out_dir / REPLAY_STREAM, {"replay": replay_picks}, train, {})
-        ledger["replay"] = stream_ledger(replay_index, {"replay": replay_weights})["replay"]
+        ledger["replay"] = stream_ledger(replay_index, {"replay": replay})["replay"]
     ledger["epochs"] = {d: round(cycler.epochs, 4) for d, cycler in cyclers.items()}
     summary = {"domains": domains, "ledger": ledger, "stream_tokens": int(index.doc_offsets[-1])}
     (out_dir / "mixture.json").write_text(json.dumps(summary, indent=2))
