@@ -163,18 +163,27 @@ class PackedStream:
         return result
 
 
-def consumed_ledger(stream_path: str | Path, seq_len: int, windows_consumed: int,
-                    replay_windows_consumed: int = 0) -> dict:
-    """Tokens per domain per phase (and of replay) a run has trained on after consuming the given windows.
+def replay_rows(global_batch: int, fraction: float) -> np.ndarray:
+    """Which rows of a global batch are replay: exactly round(fraction * G), spread evenly."""
+    n = round(fraction * global_batch)
+    row = np.arange(global_batch)
+    return (row + 1) * n // global_batch > row * n // global_batch
 
-    The counts come from the loader's deterministic order (its state_dict holds both window counters), so a
-    checkpoint's ledger is exact: {"phases": {phase: {domain: tokens}}, "replay": {domain: tokens}, "tokens": n}.
+
+def consumed_ledger(stream_path: str | Path, seq_len: int, global_batch: int, steps: int) -> dict:
+    """Tokens per domain per phase (and of replay) a run has trained on after ``steps`` global batches.
+
+    ``global_batch``: rows per loader call over all ranks (train.global_batch_size when there is no gradient
+    accumulation, as in training/train.py). The counts follow the loader's deterministic order, so a checkpoint's
+    ledger is exact: {"phases": {phase: {domain: tokens}}, "replay": {domain: tokens}, "tokens": n}.
     """
     stream_path = Path(stream_path)
-    phases = PackedStream(stream_path, seq_len).consumed_tokens(windows_consumed)
+    main = PackedStream(stream_path, seq_len)
+    n_replay = int(replay_rows(global_batch, main.index.replay_fraction).sum())
+    phases = main.consumed_tokens(steps * (global_batch - n_replay))
     replay: dict[str, int] = {}
-    if replay_windows_consumed:
-        replay = PackedStream(stream_path.parent / REPLAY_STREAM, seq_len).consumed_tokens(replay_windows_consumed)
-        replay = {d: n for per_domain in replay.values() for d, n in per_domain.items()}
+    if n_replay:
+        served = PackedStream(stream_path.parent / REPLAY_STREAM, seq_len).consumed_tokens(steps * n_replay)
+        replay = {d: n for per_domain in served.values() for d, n in per_domain.items()}
     total = sum(n for per_domain in phases.values() for n in per_domain.values()) + sum(replay.values())
     return {"phases": phases, "replay": replay, "tokens": total}

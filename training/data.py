@@ -22,14 +22,7 @@ import torch
 from torchtitan.components.dataloader import BaseDataLoader
 from torchtitan.components.loss import IGNORE_INDEX
 
-from curation.packing import REPLAY_STREAM, PackedStream
-
-
-def replay_rows(global_batch: int, fraction: float) -> np.ndarray:
-    """Which rows of a global batch are replay: exactly round(fraction * G), spread evenly."""
-    n = round(fraction * global_batch)
-    row = np.arange(global_batch)
-    return (row + 1) * n // global_batch > row * n // global_batch
+from curation.packing import REPLAY_STREAM, PackedStream, replay_rows
 
 
 class TokenFileDataLoader(BaseDataLoader):
@@ -96,7 +89,7 @@ class TokenFileDataLoader(BaseDataLoader):
 
     def state_dict(self) -> dict[str, Any]:
         # Rank-independent, so DCP may keep any one rank's copy; a resume with another data-parallel
-        # degree but the same global batch continues at the same windows. consumed_ledger reads these counters.
+        # degree but the same global batch continues at the same windows.
         return {"windows_consumed": self.windows_consumed, "replay_windows_consumed": self.replay_windows_consumed}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
