@@ -1,7 +1,10 @@
-"""``mixed``: per-domain token shards, the validation split, and the training stream mixed by weight."""
+"""``mixed``: per-domain token shards, the validation split, and the phased training stream with its ledger."""
+
+import base64
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
+from curation.ledger import ledger_markdown
 from curation.mixture import build_mixture
 from orchestration.resources import LabResource, StageResult, StageRun
 
@@ -9,15 +12,14 @@ from orchestration.resources import LabResource, StageResult, StageRun
 def build(run: StageRun) -> StageResult:
     stats = build_mixture(run.cfg.mixture, run.upstream["filtered"] / "kept", run.upstream["tokenizer"],
                           run.cfg.validation_fraction, run.output)
-    ledger = "| domain | weight | target tokens | realized tokens | epochs |\n|---|---:|---:|---:|---:|\n" + "\n".join(
-        f"| {d} | {row['weight']:.3f} | {row['target_tokens']:,} | {row['realized_tokens']:,} | {row['epochs']:.2f} |"
-        for d, row in stats["ledger"].items()
-    )
-    return StageResult(stats, {"tokens": stats["stream_tokens"], "ledger": MetadataValue.md(ledger)},
-                       artifacts=["mixture.json"])
+    # The plot inline, as in Dagster's tutorial: the UI shows it without serving files.
+    plot = base64.b64encode((run.output / "ledger.png").read_bytes()).decode()
+    metadata = {"tokens": stats["stream_tokens"], "ledger": MetadataValue.md(ledger_markdown(stats["ledger"])),
+                "ledger_plot": MetadataValue.md(f"![ledger](data:image/png;base64,{plot})")}
+    return StageResult(stats, metadata, artifacts=["mixture.json", "ledger.png"])
 
 
 @asset(deps=["filtered", "tokenizer"], group_name="lineage",
-       description="Token shards per domain and split; the training stream mixed by weight, with its ledger.")
+       description="Token shards per domain and split; the phased training stream (and replay) with its ledger.")
 def mixed(context: AssetExecutionContext, lab: LabResource) -> MaterializeResult:
     return lab.materialize(context, "mixed", build)

@@ -1,14 +1,18 @@
-"""The ``mixed`` stage: tokenized per-domain shards, a train/validation split, and the mixed training stream.
+"""The ``mixed`` stage: tokenized per-domain shards, a train/validation split, and the mixed, phased training stream.
 
 Layout of the output folder:
 
     shards/<domain>/train.bin, val.bin   uint32 tokens, each document followed by EOS (memory-mappable)
-    train_stream.bin                     the training stream: whole documents interleaved by mixture weight
-    mixture.json                         per-domain documents, tokens, bytes, and the ledger (target vs realized)
+    train_stream.bin (+ .index.npz)      the training stream: its phases in order, each whole documents
+                                         interleaved by the phase's weights (the loader's dataset_path)
+    replay_stream.bin (+ .index.npz)     the replay mixture, when mixture.replay.fraction > 0
+    mixture.json, ledger.png             per-domain documents, tokens, bytes, and the ledger (target vs realized)
 
-The stream takes whole documents, always from the domain furthest below its target share, cycling through each
-domain's documents in a seeded order (upsampling repeats a domain, downsampling uses part of it). That keeps the
-realized share of every domain within one document of its target.
+Each phase takes whole documents, always from the domain furthest below its target share, cycling through each
+domain's documents in a seeded order that carries over from phase to phase (upsampling repeats a domain,
+downsampling uses part of it). That keeps every domain's realized share within one document of its target.
+Source conditioning (MeCo) prepends ``source_template`` to every document of a conditioned phase; the loader
+trains on those tokens without loss. The index sidecars are described in ``curation.packing``.
 """
 
 from __future__ import annotations
@@ -19,33 +23,74 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from curation.documents import is_validation, iter_document_files, read_documents
+from curation.ledger import ledger_plot, stream_ledger
+from curation.packing import REPLAY_STREAM, TOKEN_DTYPE, StreamIndex
 from curation.tokenizer import EOS, load_tokenizer
 
-TOKEN_DTYPE = np.uint32
+TRAIN_STREAM = "train_stream.bin"
+
+
+@dataclass
+class PhaseConfig:
+    name: str = "main"
+    fraction: float = 1.0  # share of the training tokens; phases are trained in the order listed
+    weights: dict[str, float] = field(default_factory=dict)  # empty: mixture.weights
+    temperature: float | None = None  # None: mixture.temperature
+    condition: bool = True  # prepend mixture.source_template (if set); false gives a plain (MeCo) cooldown
+
+
+@dataclass
+class ReplayConfig:
+    fraction: float = 0.0  # share of the rows of every global batch drawn from the replay mixture
+    weights: dict[str, float] = field(default_factory=dict)  # the replay mixture, e.g. the "old corpus" domains
 
 
 @dataclass
 class MixtureConfig:
+    # Target share of training tokens per domain (normalized); domains left out are held out of training.
     weights: dict[str, float] = field(default_factory=dict)
-    train_tokens: int = 2_000_000
+    # > 0: shares proportional to (domain training tokens) ** (1 / T) over the domains weights select; 0: weights.
+    temperature: float = 0.0
+    phases: list[PhaseConfig] = field(default_factory=list)  # empty: one phase "main" with the weights above
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    # MeCo source conditioning, e.g. "source: {domain}/{source}\n"; empty: none.
+    source_template: str = ""
+    train_tokens: int = 2_000_000  # main stream plus replay; size it to train.steps * global batch * seq_len
     seed: int = 0
     encode_batch_size: int = 256
 
 
-def _tokenize_domains(filtered_kept: Path, tokenizer_dir: Path, validation_fraction: float, batch: int):
-    """Token arrays per (domain, split), plus document and byte counts."""
-    tokenizer = load_tokenizer(tokenizer_dir)
+@dataclass
+class Document:
+    tokens: np.ndarray  # the text's tokens and EOS
+    source: str
+
+
+def encode_documents(tokenizer: Tokenizer, texts: list[str], eos: int) -> list[np.ndarray]:
+    """Token arrays, each ending in EOS; the fast batch path skips the character offsets nobody reads."""
+    arrays = []
+    for encoding in tokenizer.encode_batch_fast(texts):
+        tokens = np.empty(len(encoding.ids) + 1, dtype=TOKEN_DTYPE)
+        tokens[:-1] = encoding.ids
+        tokens[-1] = eos
+        arrays.append(tokens)
+    return arrays
+
+
+def tokenize_domains(filtered_kept: Path, tokenizer: Tokenizer, validation_fraction: float, batch: int):
+    """Documents per (domain, split), plus byte counts."""
     eos = tokenizer.token_to_id(EOS)
-    docs: dict[tuple[str, str], list[np.ndarray]] = {}
+    docs: dict[tuple[str, str], list[Document]] = {}
     n_bytes: dict[tuple[str, str], int] = {}
-    pending: list[tuple[tuple[str, str], str]] = []
+    pending: list[tuple[tuple[str, str], dict]] = []
 
     def flush() -> None:
-        encodings = tokenizer.encode_batch([text for _, text in pending])
-        for (key, _), encoding in zip(pending, encodings, strict=True):
-            docs.setdefault(key, []).append(np.array([*encoding.ids, eos], dtype=TOKEN_DTYPE))
+        arrays = encode_documents(tokenizer, [doc["text"] for _, doc in pending], eos)
+        for (key, doc), tokens in zip(pending, arrays, strict=True):
+            docs.setdefault(key, []).append(Document(tokens, doc.get("source", "")))
         pending.clear()
 
     for path in iter_document_files(filtered_kept):
@@ -53,71 +98,181 @@ def _tokenize_domains(filtered_kept: Path, tokenizer_dir: Path, validation_fract
             split = "val" if is_validation(doc["id"], validation_fraction) else "train"
             key = (doc["domain"], split)
             n_bytes[key] = n_bytes.get(key, 0) + doc["bytes"]
-            pending.append((key, doc["text"]))
+            pending.append((key, doc))
             if len(pending) >= batch:
                 flush()
     flush()
     return docs, n_bytes
 
 
-def interleave(train_docs: dict[str, list[np.ndarray]], weights: dict[str, float], total: int, seed: int):
-    """Whole documents, each from the domain furthest below its target; returns the stream and the ledger."""
-    rng = random.Random(seed)
-    orders = {d: rng.sample(range(len(train_docs[d])), len(train_docs[d])) for d in sorted(weights)}
-    cursor = dict.fromkeys(orders, 0)
-    realized = dict.fromkeys(orders, 0)
-    pieces, length = [], 0
+class DocumentCycler:
+    """A domain's training documents in a seeded order, cycled; the position carries over between phases."""
+
+    def __init__(self, n_docs: int, rng: random.Random):
+        self.order = rng.sample(range(n_docs), n_docs)
+        self.taken = 0
+
+    def peek(self) -> int:
+        return self.order[self.taken % len(self.order)]
+
+    def next(self) -> int:
+        doc = self.peek()
+        self.taken += 1
+        return doc
+
+    @property
+    def epochs(self) -> float:
+        return self.taken / len(self.order)
+
+
+def interleave(lengths: dict[str, list[int]], weights: dict[str, float], total: int,
+               cyclers: dict[str, DocumentCycler]) -> list[tuple[str, int]]:
+    """(domain, document) picks of about ``total`` tokens, each from the domain furthest below its target."""
+    realized = dict.fromkeys(weights, 0)
+    picks, length = [], 0
     while length < total:
-        domain = min(orders, key=lambda d: (realized[d] - weights[d] * length, d))
-        doc = train_docs[domain][orders[domain][cursor[domain] % len(orders[domain])]]
-        cursor[domain] += 1
-        pieces.append(doc)
-        realized[domain] += len(doc)
-        length += len(doc)
-    ledger = {
-        d: {
-            "weight": weights[d],
-            "target_tokens": round(weights[d] * length),
-            "realized_tokens": realized[d],
-            "realized_share": realized[d] / length,
-            "epochs": cursor[d] / len(orders[d]),
-        }
-        for d in orders
-    }
-    return np.concatenate(pieces), ledger
+        # Weighted fair queueing: the domain whose share stays lowest once its next document is in.
+        domain = min(weights, key=lambda d: ((realized[d] + lengths[d][cyclers[d].peek()]) / weights[d], d))
+        doc = cyclers[domain].next()
+        picks.append((domain, doc))
+        realized[domain] += lengths[domain][doc]
+        length += lengths[domain][doc]
+    return picks
 
 
-def normalized_weights(weights: dict[str, float], available: set[str]) -> dict[str, float]:
+def normalized_weights(weights: dict[str, float], available: set[str], key: str = "mixture.weights") -> dict:
     active = {d: float(w) for d, w in weights.items() if w > 0}
     if not active:
-        raise ValueError(f"mixture.weights gives no domain a positive weight; domains with data: {sorted(available)}")
+        raise ValueError(f"{key} gives no domain a positive weight; domains with data: {sorted(available)}")
     missing = sorted(set(active) - available)
     if missing:
-        raise ValueError(
-            f"mixture.weights names domains with no training documents: {missing}; "
-            f"domains with data: {sorted(available)}"
-        )
+        raise ValueError(f"{key} names domains with no training documents: {missing}; "
+                         f"domains with data: {sorted(available)}")
     total = sum(active.values())
-    return {d: w / total for d, w in active.items()}
+    return {d: w / total for d, w in sorted(active.items())}
+
+
+def temperature_weights(weights: dict[str, float], domain_tokens: dict[str, int], temperature: float) -> dict:
+    """Shares proportional to tokens ** (1 / T): T = 1 keeps natural proportions, larger T flattens them."""
+    powered = {d: domain_tokens[d] ** (1.0 / temperature) for d in weights}
+    total = sum(powered.values())
+    return {d: p / total for d, p in powered.items()}
+
+
+def resolve_phases(cfg: MixtureConfig, domain_tokens: dict[str, int]) -> list[tuple[PhaseConfig, dict[str, float]]]:
+    """Each phase with its normalized weights; checks names and fractions."""
+    phases = cfg.phases or [PhaseConfig()]
+    names = [p.name for p in phases]
+    if len(set(names)) != len(names):
+        raise ValueError(f"mixture.phases needs distinct names, got {names}")
+    if any(p.fraction <= 0 for p in phases) or abs(sum(p.fraction for p in phases) - 1) > 1e-6:
+        raise ValueError(f"mixture.phases fractions must be positive and sum to 1, got {[p.fraction for p in phases]}")
+    resolved = []
+    for phase in phases:
+        key = f"mixture.phases[{phase.name}].weights" if phase.weights else "mixture.weights"
+        weights = normalized_weights(phase.weights or cfg.weights, set(domain_tokens), key)
+        temperature = cfg.temperature if phase.temperature is None else phase.temperature
+        if temperature < 0:
+            raise ValueError(f"mixture temperature must be >= 0 (0: use the weights), got {temperature}")
+        if temperature > 0:
+            weights = temperature_weights(weights, domain_tokens, temperature)
+        resolved.append((phase, weights))
+    return resolved
+
+
+def source_prefixes(tokenizer: Tokenizer, template: str, train: dict[str, list[Document]]) -> dict:
+    """The tokens of the source template for every training document, per domain."""
+    try:
+        texts = {d: [template.format(domain=d, source=doc.source) for doc in docs] for d, docs in train.items()}
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(f"mixture.source_template {template!r} may only use {{domain}} and {{source}}: {error}"
+                         ) from None
+    return {d: [np.asarray(e.ids, TOKEN_DTYPE) for e in tokenizer.encode_batch_fast(t)] for d, t in texts.items()}
+
+
+def write_stream(path: Path, picks_by_phase: dict[str, list[tuple[str, int]]], train: dict[str, list[Document]],
+                 prefixes: dict[str, dict[str, list[np.ndarray]]], replay_fraction: float = 0.0) -> StreamIndex:
+    """Concatenate the picked documents phase by phase; write the stream and its index sidecar."""
+    domains = sorted(train)
+    pieces, doc_lengths, doc_domain, doc_prefix, phase_lengths = [], [], [], [], []
+    for phase, picks in picks_by_phase.items():
+        before = len(doc_lengths)
+        for domain, doc in picks:
+            prefix = prefixes[phase][domain][doc] if phase in prefixes else np.empty(0, TOKEN_DTYPE)
+            pieces += [prefix, train[domain][doc].tokens]
+            doc_lengths.append(len(prefix) + len(train[domain][doc].tokens))
+            doc_domain.append(domains.index(domain))
+            doc_prefix.append(len(prefix))
+        phase_lengths.append(sum(doc_lengths[before:]))
+    np.concatenate(pieces).tofile(path)
+    index = StreamIndex(np.concatenate([[0], np.cumsum(doc_lengths)]), np.array(doc_domain, np.int32),
+                        np.array(doc_prefix, np.int32), domains, np.concatenate([[0], np.cumsum(phase_lengths)]),
+                        list(picks_by_phase), replay_fraction)
+    index.save(path)
+    return index
+
+
+def write_shards(docs: dict[tuple[str, str], list[Document]], n_bytes: dict, out_dir: Path) -> dict:
+    """shards/<domain>/<split>.bin; returns documents, tokens and bytes per domain and split."""
+    domains: dict[str, dict] = {}
+    for (domain, split), documents in sorted(docs.items()):
+        folder = out_dir / "shards" / domain
+        folder.mkdir(parents=True, exist_ok=True)
+        tokens = np.concatenate([doc.tokens for doc in documents])
+        tokens.tofile(folder / f"{split}.bin")
+        domains.setdefault(domain, {})[split] = {
+            "documents": len(documents), "tokens": int(tokens.size), "bytes": n_bytes[(domain, split)],
+        }
+    return domains
+
+
+def replay_weights(cfg: ReplayConfig, available: set[str]) -> dict[str, float]:
+    if not 0 <= cfg.fraction < 1:
+        raise ValueError(f"mixture.replay.fraction must be in [0, 1), got {cfg.fraction}")
+    return normalized_weights(cfg.weights, available, "mixture.replay.weights") if cfg.fraction else {}
+
+
+def pick_phases(phases: list[tuple[PhaseConfig, dict[str, float]]], lengths: dict[str, list[int]],
+                prefixes: dict[str, list[np.ndarray]], conditioned: list[str], tokens: int,
+                cyclers: dict[str, DocumentCycler]) -> dict[str, list[tuple[str, int]]]:
+    """Each phase's documents: its fraction of ``tokens``, prefixes counted where the phase is conditioned."""
+    picks, done = {}, 0.0
+    for phase, weights in phases:
+        phase_lengths = lengths
+        if phase.name in conditioned:
+            phase_lengths = {d: [n + len(p) for n, p in zip(lengths[d], prefixes[d], strict=True)] for d in lengths}
+        budget = round((done + phase.fraction) * tokens) - round(done * tokens)
+        picks[phase.name] = interleave(phase_lengths, weights, budget, cyclers)
+        done += phase.fraction
+    return picks
 
 
 def build_mixture(
     cfg: MixtureConfig, filtered_kept: Path, tokenizer_dir: Path, validation_fraction: float, out_dir: Path
 ) -> dict:
-    docs, n_bytes = _tokenize_domains(filtered_kept, tokenizer_dir, validation_fraction, cfg.encode_batch_size)
-    domains = {}
-    for (domain, split), arrays in sorted(docs.items()):
-        folder = out_dir / "shards" / domain
-        folder.mkdir(parents=True, exist_ok=True)
-        tokens = np.concatenate(arrays)
-        tokens.tofile(folder / f"{split}.bin")
-        domains.setdefault(domain, {})[split] = {
-            "documents": len(arrays), "tokens": int(tokens.size), "bytes": n_bytes[(domain, split)],
-        }
-    train_docs = {d: arrays for (d, split), arrays in docs.items() if split == "train"}
-    weights = normalized_weights(cfg.weights, set(train_docs))
-    stream, ledger = interleave(train_docs, weights, cfg.train_tokens, cfg.seed)
-    stream.tofile(out_dir / "train_stream.bin")
-    summary = {"domains": domains, "ledger": ledger, "stream_tokens": int(stream.size)}
+    tokenizer = load_tokenizer(tokenizer_dir)
+    docs, n_bytes = tokenize_domains(filtered_kept, tokenizer, validation_fraction, cfg.encode_batch_size)
+    domains = write_shards(docs, n_bytes, out_dir)
+    train = {d: documents for (d, split), documents in sorted(docs.items()) if split == "train"}
+    lengths = {d: [len(doc.tokens) for doc in documents] for d, documents in train.items()}
+    phases = resolve_phases(cfg, {d: sum(n) for d, n in lengths.items()})
+    replay = replay_weights(cfg.replay, set(train))
+
+    rng = random.Random(cfg.seed)
+    cyclers = {d: DocumentCycler(len(documents), rng) for d, documents in train.items()}
+    conditioned = [phase.name for phase, _ in phases if phase.condition and cfg.source_template]
+    prefixes = source_prefixes(tokenizer, cfg.source_template, train) if conditioned else {}
+    main_tokens = round((1 - cfg.replay.fraction) * cfg.train_tokens)
+    picks = pick_phases(phases, lengths, prefixes, conditioned, main_tokens, cyclers)
+    index = write_stream(out_dir / TRAIN_STREAM, picks, train, dict.fromkeys(conditioned, prefixes),
+                         cfg.replay.fraction)
+    ledger = {"phases": stream_ledger(index, {phase.name: weights for phase, weights in phases})}
+    if replay:
+        replay_picks = interleave(lengths, replay, round(cfg.replay.fraction * cfg.train_tokens), cyclers)
+        replay_index = write_stream(out_dir / REPLAY_STREAM, {"replay": replay_picks}, train, {})
+        ledger["replay"] = stream_ledger(replay_index, {"replay": replay})["replay"]
+    ledger["epochs"] = {d: round(cycler.epochs, 4) for d, cycler in cyclers.items()}
+    summary = {"domains": domains, "ledger": ledger, "stream_tokens": int(index.doc_offsets[-1])}
     (out_dir / "mixture.json").write_text(json.dumps(summary, indent=2))
+    ledger_plot(ledger, out_dir / "ledger.png")
     return summary

@@ -1,0 +1,123 @@
+"""Mixtures on the real embedded corpus: phases, temperature, replay and source conditioning, against the ledger.
+
+One module fixture runs the library stages (corpus, filters without near dedup, tokenizer) on a small slice of
+the Python installation, then builds a phased mixture with replay and a conditioned first phase.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from curation.corpus import CorpusConfig, DomainCap, build_corpus
+from curation.filters import DedupConfig, FilterConfig, build_filtered
+from curation.mixture import MixtureConfig, PhaseConfig, ReplayConfig, build_mixture, resolve_phases
+from curation.packing import REPLAY_STREAM, PackedStream, StreamIndex
+from curation.tokenizer import EOS, TokenizerConfig, load_tokenizer, train_tokenizer
+
+DOMAINS = ("python", "code", "license", "data")  # prose docs under the size cap rarely pass the filters
+TEMPLATE = "source: {domain}/{source}\n"
+SEQ_LEN = 256
+
+
+def phased_config(**overrides) -> MixtureConfig:
+    return MixtureConfig(
+        weights={"python": 0.6, "data": 0.4},
+        phases=[PhaseConfig(name="main", fraction=0.8),
+                PhaseConfig(name="cooldown", fraction=0.2, weights={"python": 0.3, "data": 0.7}, condition=False)],
+        replay=ReplayConfig(fraction=0.15, weights={"license": 1, "code": 1}),
+        source_template=TEMPLATE, train_tokens=800_000, **overrides,
+    )
+
+
+@dataclass
+class Built:
+    root: Path
+    out: Path
+    summary: dict
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    root = tmp_path_factory.mktemp("demo")
+    caps = {d: DomainCap(max_docs=60 if d in DOMAINS else 0, max_bytes=300_000) for d in (*DOMAINS, "docs")}
+    build_corpus(CorpusConfig(domains=caps, max_doc_bytes=12_000), root / "corpus")
+    build_filtered(FilterConfig(dedup=DedupConfig(near=False)), root / "corpus", root / "filtered")
+    train_tokenizer(TokenizerConfig(vocab_size=1024), root / "filtered" / "kept", 0.05, root / "tokenizer")
+    out = root / "mixed"
+    out.mkdir()
+    summary = build_mixture(phased_config(), root / "filtered" / "kept", root / "tokenizer", 0.05, out)
+    return Built(root, out, summary)
+
+
+def test_ledger_meets_targets_per_phase_and_replay(built: Built) -> None:
+    ledger = built.summary["ledger"]
+    assert list(ledger["phases"]) == ["main", "cooldown"]
+    sections = {**ledger["phases"], "replay": ledger["replay"]}
+    for name, section in sections.items():
+        assert sum(row["realized_tokens"] for row in section["domains"].values()) == section["tokens"], name
+        for domain, row in section["domains"].items():
+            assert abs(row["realized_share"] - row["weight"]) < 0.02, (name, domain, row)
+    main, cooldown, replay = (sections[n]["tokens"] for n in ("main", "cooldown", "replay"))
+    assert cooldown / (main + cooldown) == pytest.approx(0.2, abs=0.01)
+    assert replay / (main + cooldown + replay) == pytest.approx(0.15, abs=0.01)
+    assert (built.out / "ledger.png").stat().st_size > 10_000
+    assert json.loads((built.out / "mixture.json").read_text())["ledger"] == ledger
+
+
+def test_loader_order_realizes_the_targets(built: Built) -> None:
+    """One pass of the loader's window order (windows counted whole, by phase) meets every phase's targets."""
+    main = PackedStream(built.out / "train_stream.bin", SEQ_LEN)
+    replay = PackedStream(built.out / REPLAY_STREAM, SEQ_LEN)
+    served = {**main.consumed_tokens(main.n_windows), **replay.consumed_tokens(replay.n_windows)}
+    targets = {**built.summary["ledger"]["phases"], "replay": built.summary["ledger"]["replay"]}
+    assert served.keys() == targets.keys()
+    for name, tokens in served.items():
+        total = sum(tokens.values())
+        for domain, row in targets[name]["domains"].items():
+            assert abs(tokens[domain] / total - row["weight"]) < 0.02, (name, domain)
+
+
+def test_documents_are_whole_and_conditioned_only_in_their_phase(built: Built) -> None:
+    tokenizer = load_tokenizer(built.root / "tokenizer")
+    eos = tokenizer.token_to_id(EOS)
+    stream = built.out / "train_stream.bin"
+    tokens = np.fromfile(stream, np.uint32)
+    index = StreamIndex.load(stream, len(tokens))
+    ends = index.doc_offsets[1:] - 1
+    assert (tokens[ends] == eos).all() and (tokens == eos).sum() == len(ends)  # one EOS per document, at its end
+    cooldown_start = index.phase_offsets[1]
+    first_main, first_cooldown = 0, int(np.searchsorted(index.doc_offsets, cooldown_start))
+    main_text = tokenizer.decode(tokens[: index.doc_offsets[1]].tolist())
+    domain = index.domains[index.doc_domain[first_main]]
+    assert main_text.startswith(f"source: {domain}/") and index.doc_prefix[first_main] > 0
+    assert (index.doc_prefix[first_cooldown:] == 0).all() and (index.doc_prefix[:first_cooldown] > 0).all()
+    shard = np.fromfile(built.out / "shards" / domain / "train.bin", np.uint32).tobytes()
+    body = tokens[index.doc_prefix[first_main]: index.doc_offsets[1]].tobytes()
+    assert body in shard  # the document itself, unchanged after its prefix
+
+
+def test_temperature_flattens_natural_shares() -> None:
+    tokens = {"big": 9_000, "small": 1_000}
+    natural = resolve_phases(MixtureConfig(weights={"big": 1, "small": 1}, temperature=1.0), tokens)[0][1]
+    assert natural == pytest.approx({"big": 0.9, "small": 0.1})
+    flat = resolve_phases(MixtureConfig(weights={"big": 1, "small": 1}, temperature=2.0), tokens)[0][1]
+    assert flat == pytest.approx({"big": 0.75, "small": 0.25})  # 3:1, the square roots of 9:1
+    phase = PhaseConfig(temperature=0.0, weights={"small": 1, "big": 3})
+    assert resolve_phases(MixtureConfig(temperature=2.0, phases=[phase]), tokens)[0][1] == {"big": 0.75, "small": 0.25}
+
+
+@pytest.mark.parametrize("config,message", [
+    (MixtureConfig(weights={"python": 1}, phases=[PhaseConfig(fraction=0.5)]), "sum to 1"),
+    (MixtureConfig(weights={"python": 1}, phases=[PhaseConfig(), PhaseConfig()]), "distinct names"),
+    (MixtureConfig(weights={"fortran": 1}), "no training documents"),
+    (MixtureConfig(weights={"python": 1}, source_template="{url}"), "may only use"),
+    (MixtureConfig(weights={"python": 1}, replay=ReplayConfig(fraction=0.1)), "replay.weights"),
+])
+def test_bad_mixtures_name_the_fix(built: Built, tmp_path: Path, config: MixtureConfig, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_mixture(config, built.root / "filtered" / "kept", built.root / "tokenizer", 0.05, tmp_path)
