@@ -45,6 +45,7 @@ class TrainConfig:
     checkpoint_interval: int = 100
     log_every: int = 1
     dtype: str = "float32"  # compute dtype; bf16 is ~15x slower than float32 on CPU
+    peak_tflops: float | None = None  # per-device peak for MFU; None: the GPU's bf16 peak, no MFU on CPU
 
 
 @dataclass

@@ -67,7 +67,10 @@ def trainer_config(job: TrainJob, world_size: int) -> Trainer.Config:
         ),
         dataloader=TokenFileDataLoader.Config(dataset_path=job.train_tokens),
         metrics=LabMetricsProcessor.Config(
-            log_freq=t.log_every, mlflow_tracking_uri=job.mlflow_tracking_uri, mlflow_run_id=job.mlflow_run_id
+            log_freq=t.log_every,
+            mlflow_tracking_uri=job.mlflow_tracking_uri,
+            mlflow_run_id=job.mlflow_run_id,
+            peak_tflops=t.peak_tflops,
         ),
         parallelism=ParallelismConfig(data_parallel_shard_degree=p.dp_shard, tensor_parallel_degree=p.tp),
         checkpoint=CheckpointManager.Config(
