@@ -53,21 +53,25 @@ class RunRecorder(BaseLogger):
         self.loss_curve: list[list[float]] = []
         self.logged: list[tuple[float, int]] = []  # (wall clock, global tokens seen) at each logged step
 
-    def log(self, metrics: dict[str, Any], step: int) -> None:
+    def step_row(self, metrics: dict[str, Any]) -> dict[str, float]:
+        """The metrics we record for one logged step, from torchtitan's."""
+        tokens_per_device = float(metrics["throughput(tps)"])  # torchtitan's: over the interval since the last log
         row = {
             "loss": float(metrics["loss_metrics/global_avg_loss"]),
             "lr": next(float(v) for k, v in metrics.items() if k.startswith("lr/")),
-            # torchtitan's throughput is per device over the interval since the last log
-            "tokens_per_second": float(metrics["throughput(tps)"]) * self.world_size,
+            "tokens_per_second": tokens_per_device * self.world_size,
             "grad_norm": float(metrics["grad_norm"]),
         }
-        tokens_per_device = float(metrics["throughput(tps)"])
         if self.peak_flops and tokens_per_device > 0:
             self.flops_per_token = float(metrics["tflops"]) * 1e12 / tokens_per_device
             row["mfu"] = 100 * self.flops_per_token * tokens_per_device / self.peak_flops  # percent
         peak_gib = float(metrics["memory/max_reserved(GiB)"])
         if peak_gib > 0:  # torchtitan reports a negative number where the device has no statistics
             row["peak_memory_gib"] = peak_gib
+        return row
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        row = self.step_row(metrics)
         self.loss_curve.append([step, row["loss"]])
         self.logged.append((time.perf_counter(), int(metrics["n_tokens_seen"])))
         if self.mlflow is not None:
