@@ -14,7 +14,8 @@ One entry point, `attention(q, k, v, mask=..., backend=...)`, over these backend
 | `sdpa_<kernel>`  | SDPA held to flash / efficient / math / cudnn            | flash: CUDA, no document mask      |
 | `flex`           | FlexAttention with a block mask                          | CUDA; CPU forward only (no backward) |
 
-Masks are built once per batch (`DocumentMask.build`) and reused by every layer. SDPA takes the document mask as
+Masks are built once per batch (`DocumentMask.build`, None when no row holds a second document) and reused by
+every layer. SDPA takes the document mask as
 an explicit boolean [B, 1, L, L] mask (memory quadratic in L: fine for CPU and tests, use a varlen backend for long
 GPU rows); without a mask every backend is plain causal (SDPA's `is_causal`).
 """
@@ -63,10 +64,13 @@ class DocumentMask:
     block_mask: BlockMask | None = None  # flex
 
     @classmethod
-    def build(cls, positions: torch.Tensor, backend: str) -> "DocumentMask":
+    def build(cls, positions: torch.Tensor, backend: str) -> "DocumentMask | None":
+        """The mask of `positions`; None where every row is a single document (plain causal is then exact)."""
         check_backend(backend)
         starts = positions == 0
         starts[:, 0] = True  # a row always starts a document
+        if not starts[:, 1:].any():  # one host sync per batch; the plain causal kernels are the fastest
+            return None
         if backend in VARLEN_BACKENDS:
             flat_starts = starts.flatten().nonzero().flatten()
             end = torch.tensor([starts.numel()], device=positions.device)

@@ -97,15 +97,22 @@ def test_document_mask_isolates_documents() -> None:
     assert not torch.allclose(out[:, :12], out2[:, :12])
 
 
+def test_rows_of_one_document_need_no_mask() -> None:
+    # Plain causal is exact there, also for a row that starts mid-document.
+    assert DocumentMask.build(packed_positions([[24], [24]]), "sdpa") is None
+    assert DocumentMask.build(packed_positions([[24], [24]]) + 5, "flash_varlen") is None
+    assert DocumentMask.build(packed_positions([[24], [20, 4]]), "sdpa") is not None
+
+
 def test_bad_backend_and_mismatched_mask_name_the_fix() -> None:
     q, k, v = random_qkv("cpu", torch.float32, requires_grad=False)
     with pytest.raises(ValueError, match="choose one of"):
         attention(q, k, v, backend="flash3")
-    mask = DocumentMask.build(packed_positions([[24], [24]]), "sdpa_math")
+    mask = DocumentMask.build(packed_positions([[12, 12], [24]]), "sdpa_math")
     with pytest.raises(ValueError, match="rebuild it"):
         attention(q, k, v, mask=mask, backend="sdpa")
     with pytest.raises(ValueError, match="flash_varlen"):
-        DocumentMask.build(packed_positions([[24], [24]]), "sdpa_flash")
+        DocumentMask.build(packed_positions([[12, 12], [24]]), "sdpa_flash")
     assert set(CASES) - {"flex_cuda"} <= set(BACKENDS)
 
 

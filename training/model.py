@@ -77,7 +77,7 @@ class PackedLlama3Model(Llama3Model):
     class Config(Llama3Model.Config):
         pass
 
-    def get_attention_masks(self, positions: torch.Tensor) -> DocumentMask:
+    def get_attention_masks(self, positions: torch.Tensor) -> DocumentMask | None:
         return DocumentMask.build(positions, self.config.first_attention.inner_attention.backend)
 
     def forward(
