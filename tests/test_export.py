@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 
 # Grouped-query attention, a non-default RoPE base and an FFN multiplier: every mapping the export makes matters.
 MODEL = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=32, ffn_dim_multiplier=1.3,
-                    rope_theta=10000.0, max_seq_len=64)
+                    rope_theta=500000.0, max_seq_len=64)
 
 
 def write_tokenizer(folder: Path) -> Tokenizer:

@@ -40,7 +40,6 @@ def hf_config(cfg: ModelConfig, tokenizer: Tokenizer, bos: str | None, eos: str 
         "hidden_act": "silu",
         "max_position_embeddings": cfg.max_seq_len,
         "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
         "attention_bias": False,
         "mlp_bias": False,
