@@ -11,6 +11,7 @@ from evaluation.plots import plot_curves
 from orchestration.config import REPO_ROOT
 from orchestration.resources import LabResource, StageResult, StageRun
 from training.job import TrainJob, launch_command
+from training.schedules import plot_schedule
 
 
 def build(run: StageRun) -> StageResult:
@@ -30,6 +31,7 @@ def build(run: StageRun) -> StageResult:
     summary = json.loads((run.output / "train_summary.json").read_text())
     plot_curves({"train": summary["loss_curve"]}, run.output / "loss_curve.png", title=f"{cfg.name}: training loss",
                 ylabel="loss (nats/token)")
+    plot_schedule(cfg.train, run.output / "lr_schedule.png")
     stats = {k: v for k, v in summary.items() if k != "loss_curve"}
     stats["vocab_size"] = run.upstream_manifests["tokenizer"].stats["vocab_size"]
     stats["checkpoint_steps"] = sorted(list_checkpoints(run.output))  # what children may start or branch from
@@ -37,7 +39,7 @@ def build(run: StageRun) -> StageResult:
         stats,
         {"first_loss": summary["first_loss"], "final_loss": summary["final_loss"],
          "tokens_per_second": summary["tokens_per_second"]},
-        artifacts=["loss_curve.png", "train_summary.json"],
+        artifacts=["loss_curve.png", "lr_schedule.png", "train_summary.json"],
     )
 
 

@@ -25,21 +25,27 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation: AdamW with a warmup-stable-decay learning rate."""
+    """Optimisation: AdamW with a learning-rate schedule from training.schedules (warmup-stable-decay by default)."""
 
     steps: int = 300
     global_batch_size: int = 16  # sequences per optimizer step, over all data-parallel ranks
     seq_len: int = 256
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1  # the learning rate decays to min_lr_ratio * lr
-    warmup_steps: int = 20
-    decay_fraction: float = 0.2  # share of the steps spent in the final linear decay
+    lr: float = 3e-3  # peak learning rate
+    schedule: str = "wsd"  # training.schedules: cosine | linear | wsd | constant
+    min_lr_ratio: float = 0.1  # the learning rate decays to min_lr_ratio * lr (0: to zero)
+    warmup_steps: int = 20  # linear warmup, before any schedule; in a continual run it is the rewarming
+    warmup_start_ratio: float = 0.0  # the warmup ramps from warmup_start_ratio * lr (rewarming: the parent's end)
+    decay_fraction: float = 0.2  # wsd: share of the steps spent in the final decay
+    decay_shape: str = "linear"  # wsd decay / constant cooldown: linear | cosine | 1-sqrt
+    cooldown_steps: int = 0  # constant: final steps spent decaying (0: constant to the end)
+    schedule_steps: int = 0  # steps the schedule spans (0: `steps`); longer keeps a stable-phase run undecayed
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     seed: int = 0
     checkpoint_interval: int = 100
     log_every: int = 1
     dtype: str = "float32"  # compute dtype; bf16 is ~15x slower than float32 on CPU
+    peak_tflops: float | None = None  # per-device peak for MFU; None: the GPU's bf16 peak, no MFU on CPU
 
 
 @dataclass

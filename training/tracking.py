@@ -1,7 +1,9 @@
 """Where the per-step training metrics go: MLflow, Dagster Pipes and the run summary.
 
-torchtitan's MetricsProcessor computes the metrics (global loss, grad norm, throughput, memory, lr) and hands
-them to a logger; `LabMetricsProcessor` swaps that logger for a `RunRecorder` on rank 0. Pipes is reached
+torchtitan's MetricsProcessor computes the metrics (global loss, grad norm, throughput, FLOPs, memory, lr) and hands
+them to a logger; `LabMetricsProcessor` swaps that logger for a `RunRecorder` on rank 0. MFU is torchtitan's: its
+FLOPs per token of the model config times tokens/s per device, over the device's bf16 peak (torchtitan's table on
+GPU; on CPU only where a peak is configured, since no table entry means anything there). Pipes is reached
 through the standalone dagster_pipes package only: this process never imports dagster.
 """
 
@@ -15,6 +17,7 @@ import torch
 from dagster_pipes import PipesContext, PipesEnvVarParamsLoader, open_dagster_pipes
 from torchtitan.components.metrics import BaseLogger, MetricsProcessor
 from torchtitan.distributed import ParallelDims
+from torchtitan.tools.utils import get_peak_flops
 
 
 @contextmanager
@@ -30,8 +33,16 @@ def pipes_session(rank: int) -> Iterator[None]:
 class RunRecorder(BaseLogger):
     """Rank 0's sink for torchtitan's logged steps."""
 
-    def __init__(self, world_size: int, mlflow_tracking_uri: str | None, mlflow_run_id: str | None):
+    def __init__(
+        self,
+        world_size: int,
+        mlflow_tracking_uri: str | None,
+        mlflow_run_id: str | None,
+        peak_flops: float | None = None,
+    ):
         self.world_size = world_size
+        self.peak_flops = peak_flops  # per device; None: no MFU
+        self.flops_per_token: float | None = None
         self.mlflow = None
         self.mlflow_run_id = mlflow_run_id
         if mlflow_tracking_uri and mlflow_run_id:
@@ -42,17 +53,25 @@ class RunRecorder(BaseLogger):
         self.loss_curve: list[list[float]] = []
         self.logged: list[tuple[float, int]] = []  # (wall clock, global tokens seen) at each logged step
 
-    def log(self, metrics: dict[str, Any], step: int) -> None:
+    def step_row(self, metrics: dict[str, Any]) -> dict[str, float]:
+        """The metrics we record for one logged step, from torchtitan's."""
+        tokens_per_device = float(metrics["throughput(tps)"])  # torchtitan's: over the interval since the last log
         row = {
             "loss": float(metrics["loss_metrics/global_avg_loss"]),
             "lr": next(float(v) for k, v in metrics.items() if k.startswith("lr/")),
-            # torchtitan's throughput is per device over the interval since the last log
-            "tokens_per_second": float(metrics["throughput(tps)"]) * self.world_size,
+            "tokens_per_second": tokens_per_device * self.world_size,
             "grad_norm": float(metrics["grad_norm"]),
         }
+        if self.peak_flops and tokens_per_device > 0:
+            self.flops_per_token = float(metrics["tflops"]) * 1e12 / tokens_per_device
+            row["mfu"] = 100 * self.flops_per_token * tokens_per_device / self.peak_flops  # percent
         peak_gib = float(metrics["memory/max_reserved(GiB)"])
         if peak_gib > 0:  # torchtitan reports a negative number where the device has no statistics
             row["peak_memory_gib"] = peak_gib
+        return row
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        row = self.step_row(metrics)
         self.loss_curve.append([step, row["loss"]])
         self.logged.append((time.perf_counter(), int(metrics["n_tokens_seen"])))
         if self.mlflow is not None:
@@ -71,14 +90,22 @@ class RunRecorder(BaseLogger):
         (t0, n0), (t1, n1) = self.logged[0], self.logged[-1]
         return (n1 - n0) / (t1 - t0)
 
+    def mean_mfu(self, tokens_per_second: float | None) -> float | None:
+        """MFU (percent) at the run's mean global tokens/s."""
+        if tokens_per_second is None or self.flops_per_token is None or not self.peak_flops:
+            return None
+        return 100 * self.flops_per_token * tokens_per_second / (self.world_size * self.peak_flops)
+
     def summary(self, steps: int, tokens_seen: int, wall_seconds: float) -> dict[str, Any]:
         """The steps this process ran (after a resume: from the checkpoint on); steps and tokens are totals."""
+        tokens_per_second = self.mean_tokens_per_second()
         return {
             "first_loss": self.loss_curve[0][1] if self.loss_curve else None,
             "final_loss": self.loss_curve[-1][1] if self.loss_curve else None,
             "steps": steps,
             "tokens_seen": tokens_seen,
-            "tokens_per_second": self.mean_tokens_per_second(),
+            "tokens_per_second": tokens_per_second,
+            "mfu": self.mean_mfu(tokens_per_second),
             "wall_seconds": wall_seconds,
             "loss_curve": self.loss_curve,
         }
@@ -96,6 +123,7 @@ class LabMetricsProcessor(MetricsProcessor):
     class Config(MetricsProcessor.Config):
         mlflow_tracking_uri: str | None = None
         mlflow_run_id: str | None = None
+        peak_tflops: float | None = None  # per-device peak for MFU; None: torchtitan's bf16 table on GPU, none on CPU
 
     def _build_metric_logger(self, *, config: Config, parallel_dims: ParallelDims, **_: Any) -> BaseLogger:
         # Without pipeline parallelism the global loss is known on every rank; rank 0 reports it.
@@ -103,4 +131,15 @@ class LabMetricsProcessor(MetricsProcessor):
             raise NotImplementedError("metrics reporting under pipeline parallelism")
         if torch.distributed.get_rank() != 0:
             return BaseLogger()
-        return RunRecorder(parallel_dims.world_size, config.mlflow_tracking_uri, config.mlflow_run_id)
+        return RunRecorder(
+            parallel_dims.world_size, config.mlflow_tracking_uri, config.mlflow_run_id, peak_flops(config.peak_tflops)
+        )
+
+
+def peak_flops(configured_tflops: float | None) -> float | None:
+    """The per-device peak FLOP/s that MFU is measured against."""
+    if configured_tflops:
+        return configured_tflops * 1e12
+    if torch.cuda.is_available():
+        return get_peak_flops(torch.cuda.get_device_name())
+    return None

@@ -1,7 +1,7 @@
 """Entry point of one training rank: `torchrun --nproc_per_node=N -m training.train --job JOB.json`.
 
-Builds a torchtitan Trainer.Config from the job (our llama3 sizes, token-file loader, AdamW with torchtitan's
-warmup-stable-decay schedule, DCP checkpoints under <output_dir>/checkpoint/step-N) and runs torchtitan's
+Builds a torchtitan Trainer.Config from the job (our llama3 sizes, token-file loader, AdamW with a named LR schedule
+(training.schedules), DCP checkpoints under <output_dir>/checkpoint/step-N) and runs torchtitan's
 Trainer. Rerunning a job on the same output folder resumes from its last checkpoint.
 """
 
@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 from torch.distributed.elastic.multiprocessing.errors import record
 from torchtitan.components.checkpoint import CheckpointManager
 from torchtitan.components.loss import CrossEntropyLoss
-from torchtitan.components.optimizer import LRSchedulersContainer, default_adamw
+from torchtitan.components.optimizer import default_adamw
 from torchtitan.config import CompileConfig, DebugConfig, ParallelismConfig, TrainingConfig
 from torchtitan.observability import structured_logger
 from torchtitan.tools.logging import init_logger
@@ -26,6 +26,7 @@ from kernels.attention import attention_backend
 from training import cpu_compat
 from training.data import TokenFileDataLoader
 from training.job import TrainJob
+from training.lr_schedulers import LabLRSchedulers
 from training.model import llama3_spec
 from training.tracking import LabMetricsProcessor, RunRecorder, pipes_session
 
@@ -53,12 +54,7 @@ def trainer_config(job: TrainJob, world_size: int) -> Trainer.Config:
         dump_folder=job.output_dir,
         loss=CrossEntropyLoss.Config(global_vocab_size=spec.model.vocab_size),
         optimizer=default_adamw(lr=t.lr, weight_decay=t.weight_decay),
-        lr_scheduler=LRSchedulersContainer.Config(
-            warmup_steps=t.warmup_steps,
-            decay_ratio=t.decay_fraction,
-            decay_type="linear",
-            min_lr_factor=t.min_lr_ratio,
-        ),
+        lr_scheduler=LabLRSchedulers.config_from(t),
         training=TrainingConfig(
             local_batch_size=t.global_batch_size // dp,
             global_batch_size=t.global_batch_size,
@@ -71,7 +67,10 @@ def trainer_config(job: TrainJob, world_size: int) -> Trainer.Config:
         ),
         dataloader=TokenFileDataLoader.Config(dataset_path=job.train_tokens),
         metrics=LabMetricsProcessor.Config(
-            log_freq=t.log_every, mlflow_tracking_uri=job.mlflow_tracking_uri, mlflow_run_id=job.mlflow_run_id
+            log_freq=t.log_every,
+            mlflow_tracking_uri=job.mlflow_tracking_uri,
+            mlflow_run_id=job.mlflow_run_id,
+            peak_tflops=t.peak_tflops,
         ),
         parallelism=ParallelismConfig(data_parallel_shard_degree=p.dp_shard, tensor_parallel_degree=p.tp),
         checkpoint=CheckpointManager.Config(
