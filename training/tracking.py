@@ -5,10 +5,12 @@ them to a logger; `LabMetricsProcessor` swaps that logger for a `RunRecorder` on
 through the standalone dagster_pipes package only: this process never imports dagster.
 """
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,8 +32,13 @@ def pipes_session(rank: int) -> Iterator[None]:
 class RunRecorder(BaseLogger):
     """Rank 0's sink for torchtitan's logged steps."""
 
-    def __init__(self, world_size: int, mlflow_tracking_uri: str | None, mlflow_run_id: str | None):
+    def __init__(
+        self, world_size: int, mlflow_tracking_uri: str | None, mlflow_run_id: str | None, steps_file: Path
+    ):
         self.world_size = world_size
+        # One JSON line per logged step, flushed at once, so the curve survives a killed run. A resumed run
+        # logs the steps after its checkpoint again: the last line of a step is the one that counts.
+        self.steps_file = steps_file.open("a")
         self.mlflow = None
         self.mlflow_run_id = mlflow_run_id
         if mlflow_tracking_uri and mlflow_run_id:
@@ -54,6 +61,8 @@ class RunRecorder(BaseLogger):
         if peak_gib > 0:  # torchtitan reports a negative number where the device has no statistics
             row["peak_memory_gib"] = peak_gib
         self.loss_curve.append([step, row["loss"]])
+        self.steps_file.write(json.dumps({"step": step, **row}) + "\n")
+        self.steps_file.flush()
         self.logged.append((time.perf_counter(), int(metrics["n_tokens_seen"])))
         if self.mlflow is not None:
             from mlflow.entities import Metric
@@ -63,6 +72,9 @@ class RunRecorder(BaseLogger):
             self.mlflow.log_batch(self.mlflow_run_id, metrics=batch)
         if self.pipes is not None:
             self.pipes.log.info(f"step {step}: " + "  ".join(f"{k} {v:.6g}" for k, v in row.items()))
+
+    def close(self) -> None:
+        self.steps_file.close()
 
     def mean_tokens_per_second(self) -> float | None:
         """Global tokens/s from the first logged step to the last, so start-up time is left out."""
@@ -97,10 +109,14 @@ class LabMetricsProcessor(MetricsProcessor):
         mlflow_tracking_uri: str | None = None
         mlflow_run_id: str | None = None
 
-    def _build_metric_logger(self, *, config: Config, parallel_dims: ParallelDims, **_: Any) -> BaseLogger:
+    def _build_metric_logger(
+        self, *, config: Config, parallel_dims: ParallelDims, dump_folder: str, **_: Any
+    ) -> BaseLogger:
         # Without pipeline parallelism the global loss is known on every rank; rank 0 reports it.
         if parallel_dims.pp_enabled:
             raise NotImplementedError("metrics reporting under pipeline parallelism")
         if torch.distributed.get_rank() != 0:
             return BaseLogger()
-        return RunRecorder(parallel_dims.world_size, config.mlflow_tracking_uri, config.mlflow_run_id)
+        steps_file = Path(dump_folder, "train_steps.jsonl")
+        steps_file.parent.mkdir(parents=True, exist_ok=True)
+        return RunRecorder(parallel_dims.world_size, config.mlflow_tracking_uri, config.mlflow_run_id, steps_file)
