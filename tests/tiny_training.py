@@ -99,9 +99,11 @@ def write_seed_checkpoint(job: TrainJob) -> Path:
     return Path(job.output_dir, "checkpoint", "step-0")
 
 
-def finish(proc: subprocess.Popen) -> None:
+def finish(proc: subprocess.Popen) -> str:
+    """Wait for a job started by `start_job`; its rank-0 output."""
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output[-6000:]
+    return output
 
 
 def step_losses(output_dir: Path) -> dict[int, float]:

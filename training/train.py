@@ -43,8 +43,9 @@ def data_parallel_degree(job: TrainJob, world_size: int) -> int:
     dp = p.dp_shard if p.dp_shard > 0 else world_size // p.tp
     if dp * p.tp != world_size:
         raise ValueError(
-            f"parallel.dp_shard ({p.dp_shard}) x parallel.tp ({p.tp}) does not fill {world_size} ranks: set dp_shard "
-            "to -1 or make dp_shard * tp equal nnodes * nproc_per_node"
+            f"{dp} data-parallel x {p.tp} tensor-parallel ranks (parallel.dp_shard={p.dp_shard}, parallel.tp={p.tp}) "
+            f"do not fill the {world_size} ranks (nnodes * nproc_per_node): choose a tp that divides {world_size} "
+            "and dp_shard = -1"
         )
     return dp
 
