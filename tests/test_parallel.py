@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_training import Corpus, finish, make_corpus, start_job, step_losses, tiny_job, write_seed_checkpoint
+from tiny_training import REPO, Corpus, finish, make_corpus, start_job, step_losses, tiny_job, write_seed_checkpoint
 
 from training.config import InitConfig, ModelConfig, ParallelConfig, TrainConfig
 from training.job import TrainJob, launch_command
@@ -95,8 +95,25 @@ def test_seed_checkpoint_runs_on_one_rank(tmp_path: Path) -> None:
 def test_layout_that_does_not_fill_the_ranks_is_a_clear_error() -> None:
     from training.train import data_parallel_degree
 
-    job = TrainJob(ModelConfig(), TrainConfig(), ParallelConfig(dp_shard=-1, tp=3), "tok", "t.bin", "out")
+    job = TrainJob(ModelConfig(n_heads=6, n_kv_heads=3), TrainConfig(), ParallelConfig(tp=3), "tok", "t.bin", "out")
     with pytest.raises(ValueError, match="1 data-parallel x 3 tensor-parallel ranks .* do not fill the 4 ranks"):
         data_parallel_degree(job, world_size=4)
     job.parallel = ParallelConfig(dp_shard=2, tp=2)
     assert data_parallel_degree(job, world_size=4) == 2
+    job.model = ModelConfig(n_heads=4, n_kv_heads=1)
+    with pytest.raises(ValueError, match=r"model.n_kv_heads \(1\) must be divisible by parallel.tp \(2\)"):
+        data_parallel_degree(job, world_size=4)
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (REPO / "conf" / "parallel").glob("*.yaml")))
+def test_parallel_presets_fit_their_ranks_and_device(preset: str) -> None:
+    from orchestration.config import compose_experiment
+    from training.train import data_parallel_degree
+
+    cfg, _ = compose_experiment([f"parallel={preset}"])
+    p = cfg.parallel
+    job = TrainJob(cfg.model, cfg.train, p, "tok", "t.bin", "out")
+    dp = data_parallel_degree(job, p.nnodes * p.nproc_per_node)
+    assert cfg.train.global_batch_size % dp == 0
+    gpu = preset.startswith("gpu")
+    assert (p.compile, cfg.train.dtype) == ((True, "bfloat16") if gpu else (False, "float32"))

@@ -39,7 +39,13 @@ def vocab_size(tokenizer_dir: str) -> int:
 
 
 def data_parallel_degree(job: TrainJob, world_size: int) -> int:
-    p = job.parallel
+    """The FSDP degree of the job's layout on `world_size` ranks; a layout that cannot work is a clear error."""
+    p, m = job.parallel, job.model
+    if m.n_heads % p.tp or m.n_kv_heads % p.tp:
+        raise ValueError(
+            f"tensor parallelism splits attention heads: model.n_heads ({m.n_heads}) and model.n_kv_heads "
+            f"({m.n_kv_heads}) must be divisible by parallel.tp ({p.tp})"
+        )
     dp = p.dp_shard if p.dp_shard > 0 else world_size // p.tp
     if dp * p.tp != world_size:
         raise ValueError(
