@@ -98,7 +98,7 @@ def test_layout_that_does_not_fill_the_ranks_is_a_clear_error() -> None:
     job = TrainJob(ModelConfig(n_heads=6, n_kv_heads=3), TrainConfig(), ParallelConfig(tp=3), "tok", "t.bin", "out")
     with pytest.raises(ValueError, match="1 data-parallel x 3 tensor-parallel ranks .* do not fill the 4 ranks"):
         data_parallel_degree(job, world_size=4)
-    job.parallel = ParallelConfig(dp_shard=2, tp=2)
+    job.model, job.parallel = ModelConfig(n_heads=4, n_kv_heads=2), ParallelConfig(dp_shard=2, tp=2)
     assert data_parallel_degree(job, world_size=4) == 2
     job.model = ModelConfig(n_heads=4, n_kv_heads=1)
     with pytest.raises(ValueError, match=r"model.n_kv_heads \(1\) must be divisible by parallel.tp \(2\)"):
