@@ -6,96 +6,24 @@ those runs left behind. The whole module takes about a minute on two cores.
 
 import json
 import math
-import os
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from dagster_pipes import encode_param
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tiny_training import Corpus, make_corpus, run_job, tiny_job
 
-from evaluation.perplexity import EvalConfig, ValSplit, evaluate_checkpoint, find_last_checkpoint
+from evaluation.perplexity import EvalConfig, evaluate_checkpoint, find_last_checkpoint
 from training.config import ModelConfig, ParallelConfig, TrainConfig
 from training.data import TokenFileDataLoader
 from training.job import TrainJob, launch_command
 
-REPO = Path(__file__).resolve().parents[1]
-WORDS = "the a cat dog bird sat ran flew on under over mat tree house red blue small big and then".split()
-
-
-def synthetic_text(n_sentences: int, seed: int) -> str:
-    """Sentences from a fixed cycle of 32, so the stream has structure a tiny model learns in 30 steps."""
-    rng = np.random.default_rng(0)
-    cycle = [" ".join(rng.choice(WORDS, size=8)) + "." for _ in range(32)]
-    return " ".join(cycle[(seed + i) % len(cycle)] for i in range(n_sentences))
-
-
-@dataclass
-class Corpus:
-    tokenizer_dir: Path
-    train_tokens: Path
-    val: ValSplit
-    vocab_size: int
-
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
-    root = tmp_path_factory.mktemp("corpus")
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator([synthetic_text(200, seed) for seed in range(8)], trainer)
-    tokenizer.save(str(root / "tokenizer.json"))
-
-    def write_tokens(text: str, name: str) -> Path:
-        path = root / name
-        np.asarray(tokenizer.encode(text).ids, dtype=np.uint32).tofile(path)
-        return path
-
-    train_tokens = write_tokens(synthetic_text(3000, seed=0), "train.bin")
-    val_text = synthetic_text(200, seed=5)
-    val = ValSplit(str(write_tokens(val_text, "val.bin")), len(val_text.encode("utf-8")))
-    return Corpus(root, train_tokens, val, tokenizer.get_vocab_size())
-
-
-def tiny_job(corpus: Corpus, output_dir: Path, steps: int, **tracking: str) -> TrainJob:
-    return TrainJob(
-        model=ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128),
-        train=TrainConfig(
-            steps=steps,
-            global_batch_size=8,
-            seq_len=64,
-            lr=3e-3,
-            warmup_steps=5,
-            decay_fraction=0.2,
-            checkpoint_interval=10,
-            log_every=1,
-        ),
-        parallel=ParallelConfig(nproc_per_node=2),
-        tokenizer_dir=str(corpus.tokenizer_dir),
-        train_tokens=str(corpus.train_tokens),
-        output_dir=str(output_dir),
-        **tracking,
-    )
-
-
-def run_job(job: TrainJob, env: dict[str, str] | None = None) -> dict:
-    job_path = Path(job.output_dir).with_suffix(".json")
-    job.save(job_path)
-    proc = subprocess.run(
-        launch_command(job_path),
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(Path(job.output_dir, "train_summary.json").read_text())
+    return make_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def loss_by_step(summary: dict) -> dict[int, float]:

@@ -50,10 +50,34 @@ class TrainConfig:
 
 @dataclass
 class ParallelConfig:
-    """How the ranks of one node share the work."""
+    """How the ranks share the work (torchtitan's FSDP2 / tensor parallelism) and how the nodes find each other."""
 
     nproc_per_node: int = 2
     dp_shard: int = -1  # FSDP degree; -1 takes every rank left after tensor parallelism
-    tp: int = 1
+    tp: int = 1  # tensor-parallel degree; dp_shard * tp must equal the world size (nnodes * nproc_per_node)
     backend: str = "auto"  # "auto": gloo on CPU, nccl on GPU; otherwise passed to init_process_group
-    compile: bool = False
+    compile: bool = False  # torch.compile each transformer block (GPU)
+    # Multi-node (torchrun rendezvous); nnodes = 1 is a standalone run on a free local port.
+    nnodes: int = 1
+    rdzv_endpoint: str = ""  # host:port that every node reaches (node 0's address); required when nnodes > 1
+    rdzv_id: str = ""  # one id per run, the same on every node; required when nnodes > 1
+    rdzv_backend: str = "c10d"  # "c10d" assigns node ranks itself; "static" takes node_rank
+    node_rank: int = 0  # this node's rank, only read by the static rendezvous
+
+
+INIT_MODES = ("weights", "weights_and_optimizer", "branch")
+
+
+@dataclass
+class InitConfig:
+    """Start from a parent run's DCP checkpoint (continual pretraining, WSD cooldown branches).
+
+    weights: the parent's model, a fresh optimizer, schedule and data position, step 0.
+    weights_and_optimizer: the parent's model and AdamW state, a fresh schedule and data position, step 0.
+    branch: everything (model, optimizer, schedule position, loader state, step): the parent run continues from
+    step N in a new output folder, under this job's config (e.g. a cooldown of another length).
+    A job that already has checkpoints of its own resumes from them and ignores this section.
+    """
+
+    checkpoint: str = ""  # absolute path of the parent's <output_dir>/checkpoint/step-N folder
+    mode: str = "weights"  # one of INIT_MODES

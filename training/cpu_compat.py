@@ -1,20 +1,18 @@
 """Everything torchtitan 0.3.0 needs to train on CPU ranks, in one place. Not used where CUDA is present.
 
 torchtitan assumes an accelerator: it falls back to device type "cuda" when none is found, reads memory
-statistics from the device module, all-reduces gradients with ops gloo lacks, and calls
-`torch.distributed.set_timeout`, which torch 2.13 does not have. `apply` patches exactly those points.
+statistics from the device module and all-reduces gradients with ops gloo lacks. `apply` patches exactly
+those points. (The missing `torch.distributed.set_timeout` of torch 2.13 is not CPU-specific: train.py shims it.)
 """
 
 import os
 import platform
 import resource
 import sys
-from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import torch
-import torch.distributed.distributed_c10d as c10d
 from torch.distributed.fsdp import FSDPModule
 
 
@@ -71,18 +69,6 @@ def _force_cpu_device() -> None:
             module.device_module = cpu
 
 
-def _set_pg_timeouts(timeout: timedelta, parallel_dims: Any) -> None:
-    """torchtitan's `set_pg_timeouts` without its CUDA assumptions.
-
-    It runs a barrier on the current CUDA device and calls `torch.distributed.set_timeout`, which torch 2.13
-    does not have; this is a plain barrier and torch's own per-group setter.
-    """
-    torch.distributed.barrier()
-    groups = [mesh.get_group() for mesh in parallel_dims.get_all_one_dimensional_meshes().values()]
-    for group in [*groups, None]:  # None: the default (world) group
-        c10d._set_pg_timeout(timeout, group)
-
-
 def _sum_reductions(parallelize_fn: Any) -> Any:
     """Wrap a torchtitan parallelize function so FSDP reduces gradients with plain sums.
 
@@ -102,10 +88,7 @@ def _sum_reductions(parallelize_fn: Any) -> Any:
 
 def apply(trainer_config: Any) -> None:
     """Patch torchtitan for CPU ranks and adjust `trainer_config` (a torchtitan Trainer.Config) in place."""
-    from torchtitan.distributed import utils as dist_utils
-
     _force_cpu_device()
-    dist_utils.set_pg_timeouts = _set_pg_timeouts
     spec = trainer_config.model_spec
     spec.parallelize_fn = _sum_reductions(spec.parallelize_fn)
     # The spmd_types backend (torchtitan's default) does not run FSDP over gloo; DTensor does.

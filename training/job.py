@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.config import ModelConfig, ParallelConfig, TrainConfig
+from training.config import INIT_MODES, InitConfig, ModelConfig, ParallelConfig, TrainConfig
 
 
 @dataclass
@@ -20,9 +20,10 @@ class TrainJob:
     parallel: ParallelConfig
     tokenizer_dir: str  # folder holding a Hugging Face tokenizer.json
     train_tokens: str  # flat uint32 token file: the already-mixed training stream
-    output_dir: str  # checkpoints, train_summary.json
+    output_dir: str  # checkpoints, train_summary.json, train_steps.jsonl
     mlflow_tracking_uri: str | None = None
     mlflow_run_id: str | None = None  # an existing run, owned by the parent; metrics are added to it
+    init: InitConfig | None = None  # start from a parent checkpoint; None: from scratch
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2))
@@ -36,27 +37,64 @@ class TrainJob:
                 "model": ModelConfig(**raw["model"]),
                 "train": TrainConfig(**raw["train"]),
                 "parallel": ParallelConfig(**raw["parallel"]),
+                "init": InitConfig(**raw["init"]) if raw.get("init") else None,
             }
         )
 
 
-def launch_command(job_path: str | Path) -> list[str]:
-    """The torchrun command that runs `job_path`; run it with the repository root as working directory.
+def check_init(init: InitConfig) -> None:
+    """A clear error for a parent checkpoint the trainer could not load."""
+    if init.mode not in INIT_MODES:
+        raise ValueError(f"init.mode {init.mode!r} is not one of {', '.join(INIT_MODES)}")
+    folder = Path(init.checkpoint)
+    if not folder.is_absolute():
+        raise ValueError(f"init.checkpoint must be an absolute path to a step-N folder, got {init.checkpoint!r}")
+    if not (folder / ".metadata").is_file():
+        raise FileNotFoundError(
+            f"init.checkpoint {folder} is not a complete DCP checkpoint (no .metadata): name a step-N folder "
+            "of a finished save"
+        )
 
-    `--standalone` gives each launch its own rendezvous on a free local port, so two runs on one host
-    cannot collide. Only rank 0's output is shown, as torchtitan's own launcher does; a failing rank's
-    traceback is still reported by torchrun.
+
+def rendezvous_flags(parallel: ParallelConfig) -> list[str]:
+    """torchrun's rendezvous flags: a private local rendezvous for one node, the configured one for several."""
+    if parallel.nnodes == 1:
+        return ["--standalone"]
+    missing = [name for name in ("rdzv_endpoint", "rdzv_id") if not getattr(parallel, name)]
+    if missing:
+        raise ValueError(f"a {parallel.nnodes}-node run needs parallel.{' and parallel.'.join(missing)}")
+    flags = [
+        f"--nnodes={parallel.nnodes}",
+        f"--rdzv_backend={parallel.rdzv_backend}",
+        f"--rdzv_endpoint={parallel.rdzv_endpoint}",
+        f"--rdzv_id={parallel.rdzv_id}",
+    ]
+    if parallel.rdzv_backend == "static":
+        flags.append(f"--node_rank={parallel.node_rank}")
+    return flags
+
+
+def launch_command(job_path: str | Path, seed_checkpoint: bool = False) -> list[str]:
+    """The torchrun command that runs `job_path` on this node; run it with the repository root as working directory.
+
+    One node: `--standalone` gives each launch its own rendezvous on a free local port, so two runs on one host
+    cannot collide. Several nodes: every node runs this same command with the same job. Only local rank 0's
+    output is shown, as torchtitan's own launcher does; a failing rank's traceback is still reported by torchrun.
+    `seed_checkpoint`: one local rank writes the job's initial weights as checkpoint step-0 (see training.train).
     """
-    nproc_per_node = TrainJob.load(job_path).parallel.nproc_per_node
+    parallel = TrainJob.load(job_path).parallel
+    if seed_checkpoint:
+        parallel = ParallelConfig(nproc_per_node=1)
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc_per_node}",
+        *rendezvous_flags(parallel),
+        f"--nproc_per_node={parallel.nproc_per_node}",
         "--local-ranks-filter=0",
         "-m",
         "training.train",
         "--job",
         str(job_path),
+        *(["--seed-checkpoint"] if seed_checkpoint else []),
     ]

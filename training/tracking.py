@@ -7,10 +7,12 @@ GPU; on CPU only where a peak is configured, since no table entry means anything
 through the standalone dagster_pipes package only: this process never imports dagster.
 """
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,11 +40,15 @@ class RunRecorder(BaseLogger):
         world_size: int,
         mlflow_tracking_uri: str | None,
         mlflow_run_id: str | None,
+        steps_file: Path,
         peak_flops: float | None = None,
     ):
         self.world_size = world_size
         self.peak_flops = peak_flops  # per device; None: no MFU
         self.flops_per_token: float | None = None
+        # One JSON line per logged step, flushed at once, so the curve survives a killed run. A resumed run
+        # logs the steps after its checkpoint again: the last line of a step is the one that counts.
+        self.steps_file = steps_file.open("a")
         self.mlflow = None
         self.mlflow_run_id = mlflow_run_id
         if mlflow_tracking_uri and mlflow_run_id:
@@ -73,6 +79,8 @@ class RunRecorder(BaseLogger):
     def log(self, metrics: dict[str, Any], step: int) -> None:
         row = self.step_row(metrics)
         self.loss_curve.append([step, row["loss"]])
+        self.steps_file.write(json.dumps({"step": step, **row}) + "\n")
+        self.steps_file.flush()
         self.logged.append((time.perf_counter(), int(metrics["n_tokens_seen"])))
         if self.mlflow is not None:
             from mlflow.entities import Metric
@@ -82,6 +90,9 @@ class RunRecorder(BaseLogger):
             self.mlflow.log_batch(self.mlflow_run_id, metrics=batch)
         if self.pipes is not None:
             self.pipes.log.info(f"step {step}: " + "  ".join(f"{k} {v:.6g}" for k, v in row.items()))
+
+    def close(self) -> None:
+        self.steps_file.close()
 
     def mean_tokens_per_second(self) -> float | None:
         """Global tokens/s from the first logged step to the last, so start-up time is left out."""
@@ -125,15 +136,18 @@ class LabMetricsProcessor(MetricsProcessor):
         mlflow_run_id: str | None = None
         peak_tflops: float | None = None  # per-device peak for MFU; None: torchtitan's bf16 table on GPU, none on CPU
 
-    def _build_metric_logger(self, *, config: Config, parallel_dims: ParallelDims, **_: Any) -> BaseLogger:
+    def _build_metric_logger(
+        self, *, config: Config, parallel_dims: ParallelDims, dump_folder: str, **_: Any
+    ) -> BaseLogger:
         # Without pipeline parallelism the global loss is known on every rank; rank 0 reports it.
         if parallel_dims.pp_enabled:
             raise NotImplementedError("metrics reporting under pipeline parallelism")
         if torch.distributed.get_rank() != 0:
             return BaseLogger()
-        return RunRecorder(
-            parallel_dims.world_size, config.mlflow_tracking_uri, config.mlflow_run_id, peak_flops(config.peak_tflops)
-        )
+        steps_file = Path(dump_folder, "train_steps.jsonl")
+        steps_file.parent.mkdir(parents=True, exist_ok=True)
+        return RunRecorder(parallel_dims.world_size, config.mlflow_tracking_uri, config.mlflow_run_id, steps_file,
+                           peak_flops(config.peak_tflops))
 
 
 def peak_flops(configured_tflops: float | None) -> float | None:

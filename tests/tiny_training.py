@@ -1,0 +1,112 @@
+"""Shared by the training tests: a synthetic corpus with its tokenizer, a tiny job, and running a job with torchrun."""
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from evaluation.perplexity import ValSplit
+from training.config import ModelConfig, ParallelConfig, TrainConfig
+from training.job import TrainJob, launch_command
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = "the a cat dog bird sat ran flew on under over mat tree house red blue small big and then".split()
+
+
+def synthetic_text(n_sentences: int, seed: int) -> str:
+    """Sentences from a fixed cycle of 32, so the stream has structure a tiny model learns in 30 steps."""
+    rng = np.random.default_rng(0)
+    cycle = [" ".join(rng.choice(WORDS, size=8)) + "." for _ in range(32)]
+    return " ".join(cycle[(seed + i) % len(cycle)] for i in range(n_sentences))
+
+
+@dataclass
+class Corpus:
+    tokenizer_dir: Path
+    train_tokens: Path
+    val: ValSplit
+    vocab_size: int
+
+
+def make_corpus(root: Path) -> Corpus:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator([synthetic_text(200, seed) for seed in range(8)], trainer)
+    tokenizer.save(str(root / "tokenizer.json"))
+
+    def write_tokens(text: str, name: str) -> Path:
+        path = root / name
+        np.asarray(tokenizer.encode(text).ids, dtype=np.uint32).tofile(path)
+        return path
+
+    train_tokens = write_tokens(synthetic_text(3000, seed=0), "train.bin")
+    val_text = synthetic_text(200, seed=5)
+    val = ValSplit(str(write_tokens(val_text, "val.bin")), len(val_text.encode("utf-8")))
+    return Corpus(root, train_tokens, val, tokenizer.get_vocab_size())
+
+
+def tiny_job(corpus: Corpus, output_dir: Path, steps: int, nproc: int = 2, **overrides) -> TrainJob:
+    """A two-layer model on 8 x 64 tokens per step; `overrides` sets TrainJob fields (parallel, init, tracking)."""
+    fields = {
+        "model": ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128),
+        "train": TrainConfig(
+            steps=steps,
+            global_batch_size=8,
+            seq_len=64,
+            lr=3e-3,
+            warmup_steps=5,
+            decay_fraction=0.2,
+            checkpoint_interval=10,
+            log_every=1,
+        ),
+        "parallel": ParallelConfig(nproc_per_node=nproc),
+        "tokenizer_dir": str(corpus.tokenizer_dir),
+        "train_tokens": str(corpus.train_tokens),
+        "output_dir": str(output_dir),
+        **overrides,
+    }
+    return TrainJob(**fields)
+
+
+def start_job(job: TrainJob, env: dict[str, str] | None = None, seed_checkpoint: bool = False) -> subprocess.Popen:
+    job_path = Path(job.output_dir).with_suffix(".json")
+    job.save(job_path)
+    return subprocess.Popen(
+        launch_command(job_path, seed_checkpoint),
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def run_job(job: TrainJob, env: dict[str, str] | None = None) -> dict:
+    """Run `job` to the end; its train_summary.json."""
+    finish(start_job(job, env))
+    return json.loads(Path(job.output_dir, "train_summary.json").read_text())
+
+
+def write_seed_checkpoint(job: TrainJob) -> Path:
+    """`job`'s initial weights, written unsharded by one rank: <output_dir>/checkpoint/step-0."""
+    finish(start_job(job, seed_checkpoint=True))
+    return Path(job.output_dir, "checkpoint", "step-0")
+
+
+def finish(proc: subprocess.Popen) -> str:
+    """Wait for a job started by `start_job`; its rank-0 output."""
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-6000:]
+    return output
+
+
+def step_losses(output_dir: Path) -> dict[int, float]:
+    """The loss of every step in the run's train_steps.jsonl; after a resume, the rerun of a step wins."""
+    lines = Path(output_dir, "train_steps.jsonl").read_text().splitlines()
+    return {row["step"]: row["loss"] for row in map(json.loads, lines)}
