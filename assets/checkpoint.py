@@ -1,27 +1,39 @@
-"""``checkpoint``: a TorchTitan training run on the mixed stream, launched with torchrun through Dagster Pipes."""
+"""``checkpoint``: a TorchTitan training run on the mixed stream, launched with torchrun through Dagster Pipes.
+
+With a parent (``parent.*``) the run starts from the parent's checkpoint: weights only, weights and optimizer, or
+the whole state (a branch). A run killed part-way (a rank SIGKILLed, the node rebooted) keeps its partial output;
+the retry, or the next materialization, resumes from its last complete checkpoint with the loader state restored.
+"""
 
 import json
 import tempfile
 from pathlib import Path
 
-from dagster import AssetExecutionContext, MaterializeResult, PipesSubprocessClient, asset
+from dagster import AssetExecutionContext, MaterializeResult, PipesSubprocessClient, RetryPolicy, asset
 
+from curation.packing import consumed_ledger
 from evaluation.perplexity import list_checkpoints
 from evaluation.plots import plot_curves
 from orchestration.config import REPO_ROOT
 from orchestration.resources import LabResource, StageResult, StageRun
+from training.config import InitConfig
 from training.job import TrainJob, launch_command
 from training.schedules import plot_schedule
+from training.tracking import step_log
 
 
 def build(run: StageRun) -> StageResult:
     cfg = run.cfg
+    init = None
+    if "parent" in run.upstream:
+        parent_step = list_checkpoints(run.upstream["parent"])[run.parent_step]
+        init = InitConfig(checkpoint=str(parent_step.resolve()), mode=cfg.parent.mode)
     job = TrainJob(
         model=cfg.model, train=cfg.train, parallel=cfg.parallel,
         tokenizer_dir=str(run.upstream["tokenizer"]),
         train_tokens=str(run.upstream["mixed"] / "train_stream.bin"),
         output_dir=str(run.output),
-        mlflow_tracking_uri=run.mlflow_tracking_uri, mlflow_run_id=run.mlflow_run_id,
+        mlflow_tracking_uri=run.mlflow_tracking_uri, mlflow_run_id=run.mlflow_run_id, init=init,
     )
     # The job file names machine paths, so it lives outside the versioned output.
     with tempfile.TemporaryDirectory() as scratch:
@@ -29,21 +41,30 @@ def build(run: StageRun) -> StageResult:
         job.save(job_path)
         PipesSubprocessClient().run(context=run.context, command=launch_command(job_path), cwd=str(REPO_ROOT))
     summary = json.loads((run.output / "train_summary.json").read_text())
-    plot_curves({"train": summary["loss_curve"]}, run.output / "loss_curve.png", title=f"{cfg.name}: training loss",
+    # The whole curve, also across a resume (the summary only knows the steps of the last process).
+    curve = [(step, row["loss"]) for step, row in step_log(run.output).items()]
+    summary.update(first_loss=curve[0][1], final_loss=curve[-1][1])
+    plot_curves({"train": curve}, run.output / "loss_curve.png", title=f"{cfg.name}: training loss",
                 ylabel="loss (nats/token)")
     plot_schedule(cfg.train, run.output / "lr_schedule.png")
     stats = {k: v for k, v in summary.items() if k != "loss_curve"}
     stats["vocab_size"] = run.upstream_manifests["tokenizer"].stats["vocab_size"]
     stats["checkpoint_steps"] = sorted(list_checkpoints(run.output))  # what children may start or branch from
+    # The tokens each checkpoint has trained on, per phase and domain, from the loader's deterministic order.
+    stream = run.upstream["mixed"] / "train_stream.bin"
+    ledgers = {step: consumed_ledger(stream, cfg.train.seq_len, cfg.train.global_batch_size, step)
+               for step in stats["checkpoint_steps"]}
+    (run.output / "checkpoint_ledger.json").write_text(json.dumps(ledgers, indent=2))
     return StageResult(
         stats,
         {"first_loss": summary["first_loss"], "final_loss": summary["final_loss"],
          "tokens_per_second": summary["tokens_per_second"]},
-        artifacts=["loss_curve.png", "lr_schedule.png", "train_summary.json"],
+        artifacts=["loss_curve.png", "lr_schedule.png", "train_summary.json", "checkpoint_ledger.json"],
     )
 
 
-@asset(deps=["tokenizer", "mixed"], group_name="lineage",
+# One retry: a killed run resumes from its last checkpoint instead of failing the Dagster run.
+@asset(deps=["tokenizer", "mixed"], group_name="lineage", retry_policy=RetryPolicy(max_retries=1),
        description="TorchTitan training (torchrun, FSDP over gloo on CPU) with DCP checkpoints.")
 def checkpoint(context: AssetExecutionContext, lab: LabResource) -> MaterializeResult:
     return lab.materialize(context, "checkpoint", build)

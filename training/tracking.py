@@ -21,6 +21,8 @@ from torchtitan.components.metrics import BaseLogger, MetricsProcessor
 from torchtitan.distributed import ParallelDims
 from torchtitan.tools.utils import get_peak_flops
 
+STEPS_FILE = "train_steps.jsonl"  # one JSON line per logged step, appended as training goes
+
 
 @contextmanager
 def pipes_session(rank: int) -> Iterator[None]:
@@ -144,7 +146,7 @@ class LabMetricsProcessor(MetricsProcessor):
             raise NotImplementedError("metrics reporting under pipeline parallelism")
         if torch.distributed.get_rank() != 0:
             return BaseLogger()
-        steps_file = Path(dump_folder, "train_steps.jsonl")
+        steps_file = Path(dump_folder, STEPS_FILE)
         steps_file.parent.mkdir(parents=True, exist_ok=True)
         return RunRecorder(parallel_dims.world_size, config.mlflow_tracking_uri, config.mlflow_run_id, steps_file,
                            peak_flops(config.peak_tflops))
@@ -157,3 +159,10 @@ def peak_flops(configured_tflops: float | None) -> float | None:
     if torch.cuda.is_available():
         return get_peak_flops(torch.cuda.get_device_name())
     return None
+
+
+def step_log(output_dir: str | Path) -> dict[int, dict[str, Any]]:
+    """Every logged step's row from <output_dir>/train_steps.jsonl, in step order; after a resume the rerun wins."""
+    path = Path(output_dir, STEPS_FILE)
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return {row["step"]: row for row in sorted(rows, key=lambda row: row["step"])}
