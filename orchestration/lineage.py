@@ -55,7 +55,8 @@ STAGES: tuple[StageSpec, ...] = (
               lambda c: {"mixture": asdict(c.mixture), "validation_fraction": c.validation_fraction},
               "Token shards per domain and split, and the training stream mixed by weight."),
     StageSpec("checkpoint", ("tokenizer", "mixed"),
-              ("training", "kernels", "evaluation.plots", "assets.checkpoint"),
+              ("training", "kernels", "curation.packing", "evaluation.plots", "evaluation.perplexity",
+               "assets.checkpoint"),
               lambda c: {"model": asdict(c.model), "train": asdict(c.train)},
               "A TorchTitan training run (torchrun, FSDP) on the mixed stream; DCP checkpoints.", resumable=True,
               follows_parent=True),
@@ -135,18 +136,18 @@ def resolve_parent(cfg: ExperimentConfig, store: Store, depth: int = 0) -> Paren
     return Parent(overrides, manifest, step)
 
 
-def check_parent_fits(cfg: ExperimentConfig, parent: Parent, upstream: dict[str, Manifest]) -> None:
+def check_parent_fits(cfg: ExperimentConfig, parent: Parent, tokenizer: Manifest, mixed: Manifest) -> None:
     """Refuse a child the parent's weights cannot start: another vocabulary, model shape or (branch) data."""
     named, manifest = " ".join(parent.overrides), parent.manifest
     assert manifest is not None
-    if upstream["tokenizer"].content_hash != manifest.upstream["tokenizer"]:
+    if tokenizer.content_hash != manifest.upstream["tokenizer"]:
         raise ValueError(f"the parent ({named}) was trained with another tokenizer: continual pretraining keeps "
                          "the parent's vocabulary, so keep the corpus, filter and tokenizer config of the parent")
     if asdict(cfg.model) != manifest.config["model"]:
         raise ValueError(f"model config differs from the parent's ({named}): its weights would not load")
     if cfg.parent.mode == "branch":
         same_batch = all(manifest.config["train"][k] == getattr(cfg.train, k) for k in ("global_batch_size", "seq_len"))
-        if upstream["mixed"].content_hash != manifest.upstream["mixed"] or not same_batch:
+        if mixed.content_hash != manifest.upstream["mixed"] or not same_batch:
             raise ValueError(f"parent.mode=branch continues the parent's data stream ({named}): keep its mixture, "
                              "global_batch_size and seq_len, or use parent.mode=weights")
         if cfg.train.steps <= parent.step:
@@ -175,7 +176,7 @@ def plan(cfg: ExperimentConfig, store: Store, depth: int = 0) -> list[PlanItem]:
         upstream = {name: items[name].manifest for name in spec.upstream}
         config, code = spec.config_slice(cfg), code_version(spec)
         if spec.follows_parent and parent is not None:
-            check_parent_fits(cfg, parent, upstream)
+            check_parent_fits(cfg, parent, items["tokenizer"].manifest, items["mixed"].manifest)
             upstream["parent"] = parent.manifest
             config["parent"] = {"mode": cfg.parent.mode, "step": parent.step}
         fp = fingerprint(spec.name, code, config, {name: m.content_hash for name, m in upstream.items()})

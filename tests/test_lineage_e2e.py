@@ -7,11 +7,17 @@ alone; a filter override re-runs filtered and everything below, nothing above; o
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetKey, DagsterEventType, DagsterInstance
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 from mlflow.tracking import MlflowClient
@@ -21,6 +27,7 @@ from orchestration.config import compose_experiment
 from orchestration.definitions import build_definitions, versioned_assets
 from orchestration.lineage import STAGES, plan
 from orchestration.store import Store, content_hash
+from training.tracking import step_log
 
 pytestmark = pytest.mark.e2e
 TINY = ["experiment=tiny"]
@@ -141,3 +148,84 @@ def test_dvc_pull_restores_recorded_bytes(lab: Path) -> None:
     assert main(["pull", *TINY]) == 0
     assert content_hash(output) == recorded_hash
     assert json.loads((output / "manifest.json").read_text())["content_hash"] == recorded_hash
+
+
+def checkpoint_manifest(overrides: list[str]):
+    return {item.stage: item for item in plan_for(overrides)}["checkpoint"].manifest
+
+
+def latest_materialization(key: str):
+    return DagsterInstance.get().fetch_materializations(AssetKey(key), limit=1).records[0].asset_materialization
+
+
+CPT = [*TINY, 'parent.experiment=["experiment=tiny"]', "mixture.weights={docs: 1.0, python: 0, license: 0}",
+       "mixture.replay.fraction=0.25", "mixture.replay.weights={python: 1.0}", "mixture.train_tokens=20480",
+       "train.steps=20", "train.schedule=cosine", "train.warmup_steps=4", "train.checkpoint_interval=10"]
+BRANCH = [*TINY, 'parent.experiment=["experiment=tiny"]', "parent.step=40", "parent.mode=branch", "train.steps=70",
+          "train.schedule=constant", "train.cooldown_steps=14"]
+
+
+def test_continual_pretraining_starts_from_the_parent(lab: Path) -> None:
+    parent = checkpoint_manifest(TINY)
+    assert main(["materialize", *CPT]) == 0
+    link = latest_materialization("parent_checkpoint").metadata
+    assert link["fingerprint"].value == parent.fingerprint and link["step"].value == 80
+    checkpoint_spec = next(s for a in versioned_assets(CPT) for s in a.specs if s.key == AssetKey("checkpoint"))
+    assert AssetKey("parent_checkpoint") in {dep.asset_key for dep in checkpoint_spec.deps}
+    child = checkpoint_manifest(CPT)
+    client = MlflowClient(f"sqlite:///{lab / 'mlflow.db'}")
+    tags = client.get_run(child.mlflow_run_id).data.tags
+    assert tags["parent_run.parent"] == parent.mlflow_run_id
+    assert (tags["lab.parent_step"], tags["lab.parent_mode"]) == ("80", "weights")
+    # It starts from the parent's weights: far below the untrained start of the parent's own curve.
+    assert child.stats["first_loss"] < 0.8 * parent.stats["first_loss"]
+    # eval's curve starts at the parent's weights: on the same held-out tokens, the parent's final numbers.
+    child_eval = json.loads((lab / "store" / "eval" / {i.stage: i for i in plan_for(CPT)}["eval"].fingerprint
+                             / "eval.json").read_text())
+    parent_eval = {i.stage: i for i in plan_for(TINY)}["eval"].manifest.stats
+    assert child_eval["by_step"]["0"]["docs"]["loss"] == pytest.approx(parent_eval["docs"]["loss"], rel=1e-6)
+    ledger = json.loads((lab / "store" / "checkpoint" / child.fingerprint / "checkpoint_ledger.json").read_text())
+    assert ledger["20"]["replay"]["python"] > 0 and set(ledger["20"]["phases"]["main"]) == {"docs"}
+
+
+def test_wsd_branch_continues_the_parent_run(lab: Path) -> None:
+    assert main(["materialize", *BRANCH]) == 0
+    parent, child = checkpoint_manifest(TINY), checkpoint_manifest(BRANCH)
+    assert latest_materialization("parent_checkpoint").metadata["step"].value == 40
+    assert MlflowClient(f"sqlite:///{lab / 'mlflow.db'}").get_run(child.mlflow_run_id).data.tags[
+        "lab.parent_step"] == "40"
+    parent_steps = step_log(lab / "store" / "checkpoint" / parent.fingerprint)
+    child_steps = step_log(lab / "store" / "checkpoint" / child.fingerprint)
+    assert min(child_steps) > 40 and max(child_steps) == 70
+    # Until the branch's cooldown (step 56) it is the parent run, step for step: same data, state and LR.
+    assert child_steps[50]["loss"] == parent_steps[50]["loss"]
+    assert child_steps[70]["lr"] < parent_steps[70]["lr"]
+
+
+def test_killed_training_rank_resumes_through_the_retry(lab: Path) -> None:
+    """SIGKILL one training rank mid-run: the asset's retry resumes from the last checkpoint, losses unchanged."""
+    overrides = [*TINY, "train.seed=1"]
+    fingerprint = {item.stage: item for item in plan_for(overrides)}["checkpoint"].fingerprint
+    partial = lab / "store" / "checkpoint" / f".partial-{fingerprint}"
+    env = {**os.environ, "LAB_HOME": str(lab)}
+    proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "materialize", *overrides], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while 50 not in step_log(partial):  # step 50 is logged after the step-40 checkpoint
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.1)
+    rank1 = [p for p in psutil.Process(proc.pid).children(recursive=True)
+             if "training.train" in " ".join(p.cmdline()) and p.environ().get("RANK") == "1"]
+    assert len(rank1) == 1
+    rank1[0].send_signal(signal.SIGKILL)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-4000:]
+    manifest = checkpoint_manifest(overrides)
+    retries = DagsterInstance.get().all_logs(manifest.dagster_run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY)
+    assert [event.step_key for event in retries] == ["checkpoint"]
+    lines = [json.loads(line) for line in
+             (lab / "store" / "checkpoint" / manifest.fingerprint / "train_steps.jsonl").read_text().splitlines()]
+    first_try = {row["step"]: row["loss"] for row in lines[: [r["step"] for r in lines].index(50) + 1]}
+    resumed = {row["step"]: row["loss"] for row in lines[len(first_try):]}
+    assert min(resumed) == 50 and max(resumed) == 80  # resumed after the step-40 checkpoint, not from scratch
+    assert resumed[50] == first_try[50]  # the same state and data: bitwise the same loss
