@@ -159,7 +159,7 @@ def latest_materialization(key: str):
 
 
 CPT = [*TINY, 'parent.experiment=["experiment=tiny"]', "mixture.weights={docs: 1.0, python: 0, license: 0}",
-       "mixture.replay.fraction=0.25", "mixture.replay.weights={python: 1.0}", "mixture.train_tokens=20480",
+       "mixture.replay.fraction=0.25", "+mixture.replay.weights={python: 1.0}", "mixture.train_tokens=20480",
        "train.steps=20", "train.schedule=cosine", "train.warmup_steps=4", "train.checkpoint_interval=10"]
 BRANCH = [*TINY, 'parent.experiment=["experiment=tiny"]', "parent.step=40", "parent.mode=branch", "train.steps=70",
           "train.schedule=constant", "train.cooldown_steps=14"]
