@@ -50,7 +50,7 @@ class LabCheckpointManager(CheckpointManager):
 
 def checkpoint_config(init: InitConfig | None, interval: int) -> LabCheckpointManager.Config:
     """Checkpoints under <output_dir>/checkpoint/step-N every `interval` steps and at the end, all kept."""
-    parent = {}
+    parent = {"initial_load_model_only": False}  # torchtitan's default (True) warns when there is no parent
     if init is not None:
         parent = {
             "initial_load_path": init.checkpoint,
