@@ -92,7 +92,9 @@ def main() -> None:
             print(f"repeat {repeat}: asset {asset[-1]:,.0f} tokens/s, by hand {by_hand[-1]:,.0f} tokens/s "
                   f"({time.perf_counter() - started:.0f} s)", flush=True)
     a, h = statistics.median(asset), statistics.median(by_hand)
-    print(f"median tokens/s: checkpoint asset {a:,.0f}, torchrun by hand {h:,.0f}, ratio asset/by hand {a / h:.3f}")
+    paired = statistics.median(x / y for x, y in zip(asset, by_hand, strict=True))  # robust to load drifting
+    print(f"median tokens/s: checkpoint asset {a:,.0f}, torchrun by hand {h:,.0f}, ratio asset/by hand {a / h:.3f} "
+          f"(median of paired ratios {paired:.3f})")
     print(f"command: PYTHONPATH=$PWD python bench/bench_checkpoint_asset.py --repeats {args.repeats} "
           + " ".join(args.overrides))
 
