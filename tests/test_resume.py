@@ -17,9 +17,9 @@ import pytest
 import torch
 from tiny_training import Corpus, make_corpus, run_job, start_job, step_losses, tiny_job
 
-from training.checkpoint import LabCheckpointManager
+from training.checkpoint import LabCheckpointManager, require_complete
 from training.config import InitConfig
-from training.job import TrainJob
+from training.job import TrainJob, check_init
 
 INTERVAL = 5
 
@@ -97,8 +97,10 @@ def test_branch_continues_the_parent_exactly_and_then_resumes_its_own(lab: Lab) 
     assert [step for step, _ in summary["loss_curve"]] == list(range(11, 21))
     assert step_losses(Path(branch.output_dir)) == {s: v for s, v in lab.parent_losses.items() if s > 10}
 
-    # Rerun longer: it resumes from its own step 20, not from the parent's step 10 again.
-    longer = replace(branch, train=replace(branch.train, steps=22))
+    # Rerun longer: it resumes from its own step 20, not from the parent's step 10 again, and no longer needs the
+    # parent (here: a parent folder that is gone).
+    gone = InitConfig(lab.parent_step(10) + "-deleted", "branch")
+    longer = replace(branch, train=replace(branch.train, steps=22), init=gone)
     assert [step for step, _ in run_job(longer)["loss_curve"]] == [21, 22]
 
 
@@ -135,11 +137,10 @@ def test_a_load_takes_the_learning_rate_from_the_schedule() -> None:
 
 
 def test_init_from_an_incomplete_checkpoint_is_a_clear_error(lab: Lab, tmp_path: Path) -> None:
-    from training.job import check_init
-
     shutil.copytree(lab.parent_step(5), tmp_path / "step-5", ignore=shutil.ignore_patterns(".metadata"))
     with pytest.raises(FileNotFoundError, match="not a complete DCP checkpoint"):
-        check_init(InitConfig(str(tmp_path / "step-5"), "weights"))
+        require_complete(str(tmp_path / "step-5"))
+    require_complete(lab.parent_step(5))
     with pytest.raises(ValueError, match="init.mode 'everything' is not one of weights, weights_and_optimizer"):
         check_init(InitConfig(lab.parent_step(5), "everything"))
     with pytest.raises(ValueError, match="absolute path"):

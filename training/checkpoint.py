@@ -7,6 +7,7 @@ child keeps its own schedule, loader and step), and the learning rates after any
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torchtitan.components.checkpoint import DATALOADER, LR_SCHEDULER, TRAIN_STATE, CheckpointManager
@@ -31,6 +32,8 @@ class LabCheckpointManager(CheckpointManager):
         # torchtitan applies exclude_from_loading to every load; ours applies to the initial load only, so a
         # child that was interrupted resumes all of its own state.
         initial = step == -1 and self._find_load_step() == -1
+        if initial and self.initial_load_path:
+            require_complete(self.initial_load_path)
         self.exclude_from_loading = self.initial_load_exclude if initial else []
         loaded = super()._load(step)
         if loaded:
@@ -48,9 +51,18 @@ class LabCheckpointManager(CheckpointManager):
                 group["lr"] = lr
 
 
+def require_complete(step_folder: str) -> None:
+    """A parent checkpoint must be a finished DCP save: its `.metadata` is written last."""
+    if not Path(step_folder, ".metadata").is_file():
+        raise FileNotFoundError(
+            f"init.checkpoint {step_folder} is not a complete DCP checkpoint (no .metadata): name the step-N folder "
+            "of a finished save"
+        )
+
+
 def checkpoint_config(init: InitConfig | None, interval: int) -> LabCheckpointManager.Config:
     """Checkpoints under <output_dir>/checkpoint/step-N every `interval` steps and at the end, all kept."""
-    parent = {}
+    parent = {"initial_load_model_only": False}  # torchtitan's default (True) warns when there is no parent
     if init is not None:
         parent = {
             "initial_load_path": init.checkpoint,

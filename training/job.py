@@ -43,17 +43,11 @@ class TrainJob:
 
 
 def check_init(init: InitConfig) -> None:
-    """A clear error for a parent checkpoint the trainer could not load."""
+    """A clear error for an init section the trainer could not use (the folder itself is checked when loaded)."""
     if init.mode not in INIT_MODES:
         raise ValueError(f"init.mode {init.mode!r} is not one of {', '.join(INIT_MODES)}")
-    folder = Path(init.checkpoint)
-    if not folder.is_absolute():
+    if not Path(init.checkpoint).is_absolute():
         raise ValueError(f"init.checkpoint must be an absolute path to a step-N folder, got {init.checkpoint!r}")
-    if not (folder / ".metadata").is_file():
-        raise FileNotFoundError(
-            f"init.checkpoint {folder} is not a complete DCP checkpoint (no .metadata): name a step-N folder "
-            "of a finished save"
-        )
 
 
 def rendezvous_flags(parallel: ParallelConfig) -> list[str]:
