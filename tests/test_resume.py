@@ -17,6 +17,7 @@ import pytest
 import torch
 from tiny_training import Corpus, make_corpus, run_job, start_job, step_losses, tiny_job
 
+from evaluation.perplexity import list_checkpoints
 from training.checkpoint import LabCheckpointManager, require_complete
 from training.config import InitConfig
 from training.job import TrainJob, check_init
@@ -49,11 +50,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     return Lab(corpus, root, parent, step_losses(root / "parent"))
 
 
-def complete_steps(output_dir: Path) -> list[int]:
-    folders = Path(output_dir, "checkpoint").glob("step-*")
-    return sorted(int(f.name.removeprefix("step-")) for f in folders if (f / ".metadata").is_file())
-
-
 def logged_steps(output_dir: Path) -> int:
     path = Path(output_dir, "train_steps.jsonl")
     return len(path.read_text().splitlines()) if path.exists() else 0
@@ -78,7 +74,7 @@ def test_sigkilled_run_resumes_bitwise(lab: Lab) -> None:
     job = lab.job("killed")
     kill_rank_after(job, rank=1, min_step=INTERVAL + 1)
     out = Path(job.output_dir)
-    saved = complete_steps(out)
+    saved = sorted(list_checkpoints(out))
     assert saved and saved[-1] < 20 and logged_steps(out) < 20
     # A save cut short by the kill: DCP writes .metadata last, so the folder has the shards but no .metadata.
     cut = out / "checkpoint" / f"step-{saved[-1] + INTERVAL}"

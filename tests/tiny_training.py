@@ -12,6 +12,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from evaluation.perplexity import ValSplit
 from training.config import ModelConfig, ParallelConfig, TrainConfig
 from training.job import TrainJob, launch_command
+from training.tracking import step_log
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "the a cat dog bird sat ran flew on under over mat tree house red blue small big and then".split()
@@ -108,5 +109,4 @@ def finish(proc: subprocess.Popen) -> str:
 
 def step_losses(output_dir: Path) -> dict[int, float]:
     """The loss of every step in the run's train_steps.jsonl; after a resume, the rerun of a step wins."""
-    lines = Path(output_dir, "train_steps.jsonl").read_text().splitlines()
-    return {row["step"]: row["loss"] for row in map(json.loads, lines)}
+    return {step: row["loss"] for step, row in step_log(output_dir).items()}
