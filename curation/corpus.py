@@ -10,6 +10,7 @@ sample) and taken until the per-domain caps are reached.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import sysconfig
@@ -158,6 +159,8 @@ def _record_to_document(record: object, cfg: CorpusConfig, where: str, quarantin
 def _bounded_lines(handle, limit: int) -> Iterator[tuple[bytes, bool]]:
     """Lines of a binary file as ``(line or its first bytes, whole)``: a line over ``limit`` bytes is never held
     in memory whole, so one 50 MB (or 50 GB) line cannot exhaust memory."""
+    if not isinstance(handle, io.BufferedIOBase):  # fsspec's remote files (s3fs) take no readline size
+        handle = io.BufferedReader(handle, buffer_size=1 << 20)
     while line := handle.readline(limit + 1):
         if len(line) <= limit or line.endswith(b"\n"):
             yield line, True

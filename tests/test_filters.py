@@ -30,7 +30,7 @@ def doc(text: str, domain: str = "python", doc_id: str = "x") -> Document:
 # Shapes of the junk the embedded corpus holds: webpack chunks (mlflow, dagster-webserver) on one or two lines.
 WEBPACK_CHUNK = '"use strict";(self.webpackChunk=self.webpackChunk||[]).push([[4818],{' + ",".join(
     f'{i}:function(e,t,n){{n.d(t,{{A:function(){{return r}}}});var r=n({i * 7})}}' for i in range(60)) + "}]);"
-DENSE_CSS = "\n".join(".c%d{margin:0;padding:%dpx;color:#%06x;display:flex}" % (i, i, i * 997) for i in range(3)) * 2
+DENSE_CSS = "\n".join(f".c{i}{{margin:0;padding:{i}px;color:#{i * 997:06x};display:flex}}" for i in range(3)) * 2
 READABLE_JS = "function add(a, b) {\n  return a + b;\n}\n\nmodule.exports = { add };\n" * 5
 
 
