@@ -44,7 +44,7 @@ STAGES: tuple[StageSpec, ...] = (
               "Documents read from the configured source, with domain, relative source path and size."),
     StageSpec("filtered", ("corpus",),
               ("curation.filters", "curation.code_filters", "curation.dedup", "curation.decontamination",
-               "curation.filter_stats", "curation.documents", "assets.filtered"),
+               "curation.word_tokenizer", "curation.filter_stats", "curation.documents", "assets.filtered"),
               _filter_slice,
               "Rule sets per domain, exact and MinHash near dedup with cluster sizes, n-gram decontamination; "
               "kept and rejected sets."),
