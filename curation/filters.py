@@ -187,7 +187,7 @@ def _rules(cfg: FilterConfig, words: str | WordTokenizer) -> dict[str, BaseFilte
     }
 
 
-def rule_steps(cfg: FilterConfig, rejected: Path, words: str | WordTokenizer = "en") -> list[BaseFilter]:
+def rule_steps(cfg: FilterConfig, rejected: Path, words: str | WordTokenizer) -> list[BaseFilter]:
     """Each rule once, routed to the domains whose rule sets include it, with its own reject folder."""
     chosen = {**cfg.domain_rules, "*": cfg.default_rule_sets}
     unknown = sorted({name for sets in chosen.values() for name in sets} - RULE_SETS.keys())

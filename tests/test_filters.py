@@ -21,6 +21,7 @@ from curation.code_filters import (
 from curation.decontamination import NGramDecontamination, build_index
 from curation.documents import DOCUMENTS_FILE, iter_document_files, make_document, read_documents, write_documents
 from curation.filters import FilterConfig, build_filtered, rule_steps
+from curation.word_tokenizer import RegexWordTokenizer, word_tokenizer
 
 
 def doc(text: str, domain: str = "python", doc_id: str = "x") -> Document:
@@ -61,7 +62,7 @@ def test_lint_score_ranks_style() -> None:
 
 def test_rule_sets_are_routed_per_domain() -> None:
     cfg = FilterConfig(domain_rules={"docs": ["prose"], "python": ["code", "python"]}, default_rule_sets=["code"])
-    steps = {step.inner.name: step for step in rule_steps(cfg, Path("unused"))}
+    steps = {step.inner.name: step for step in rule_steps(cfg, Path("unused"), RegexWordTokenizer())}
     gopher, minified, syntax = steps["🥇 Gopher Quality"], steps["🗜 Minified"], steps["🐍 Python syntax"]
     assert gopher.filter(doc("short", "docs"))[0] is False
     assert gopher.filter(doc("short", "python")) is True  # prose rules do not judge code
@@ -70,7 +71,15 @@ def test_rule_sets_are_routed_per_domain() -> None:
     assert minified.filter(doc(WEBPACK_CHUNK, "web")) == (False, "minified_long_line")
     assert minified.filter(doc(WEBPACK_CHUNK, "docs")) is True
     with pytest.raises(ValueError, match="unknown rule sets \\['prosody'\\]"):
-        rule_steps(FilterConfig(domain_rules={"docs": ["prosody"]}), Path("unused"))
+        rule_steps(FilterConfig(domain_rules={"docs": ["prosody"]}), Path("unused"), "en")
+
+
+def test_regex_word_tokenizer_peels_punctuation_off_words() -> None:
+    words = RegexWordTokenizer().word_tokenize('He said: "it\'s fine" (see e.g. v1.2-beta).')
+    assert words == ["He", "said", ":", '"', "it", "'", "s", "fine", '"', "(", "see", "e.g", ".", "v1.2-beta", ")", "."]
+    assert word_tokenizer("spacy") == "en"  # datatrove's language code for its spaCy tokenizer
+    with pytest.raises(ValueError, match="regex, spacy"):
+        word_tokenizer("nltk")
 
 
 def test_decontamination_drops_training_copies_of_eval_text() -> None:
