@@ -18,8 +18,8 @@ def build(run: StageRun) -> StageResult:
     )
     return StageResult(stats, {"documents": stats["kept"], "removed_by_domain_and_rule": MetadataValue.md(removed),
                                "removed_by_reason": MetadataValue.json(stats["removed_by_reason"]),
-                               "length_histograms": MetadataValue.path(artifacts[1]),
-                               "cluster_sizes": MetadataValue.path(artifacts[2])},
+                               "cluster_sizes": MetadataValue.json(stats["cluster_sizes"]),
+                               "report": MetadataValue.json({"files": artifacts})},
                        artifacts=artifacts)
 
 

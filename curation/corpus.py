@@ -92,7 +92,8 @@ def scan_python_env(cfg: CorpusConfig) -> dict[str, list[tuple[str, Path]]]:
         if not root.is_dir():
             raise FileNotFoundError(f"Python installation root '{root_name}' not found at {root}")
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS)
+            # "~name": a package pip is uninstalling right now (it renames before it deletes).
+            dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS and not d.startswith("~"))
             # The stdlib contains site-packages when running outside a venv: read it once, as its own root.
             if root_name == "stdlib":
                 dirnames[:] = [d for d in dirnames if d != "site-packages"]
@@ -112,14 +113,17 @@ def read_python_env(cfg: CorpusConfig, quarantine: Quarantine, skipped: Counter)
         for relative, path in files:
             if docs >= cap.max_docs or size >= cap.max_bytes:
                 break
-            n_bytes = path.stat().st_size
-            if n_bytes > cfg.max_doc_bytes or n_bytes == 0:
-                skipped["oversize" if n_bytes else "empty"] += 1
-                continue
-            try:
+            try:  # the installation can change while it is read (a pip install next door)
+                n_bytes = path.stat().st_size
+                if n_bytes > cfg.max_doc_bytes or n_bytes == 0:
+                    skipped["oversize" if n_bytes else "empty"] += 1
+                    continue
                 text = path.read_bytes().decode("utf-8")
             except UnicodeDecodeError:
                 quarantine.add("invalid_utf8", relative)
+                continue
+            except FileNotFoundError:
+                skipped["vanished"] += 1
                 continue
             docs, size = docs + 1, size + n_bytes
             yield make_document(text, domain, relative)
@@ -235,7 +239,11 @@ def source_signature(cfg: CorpusConfig) -> str:
     if cfg.source == "python_env":
         for domain, files in scan_python_env(cfg).items():
             for relative, path in files:
-                digest.update(f"{domain}\0{relative}\0{path.stat().st_size}\n".encode())
+                try:
+                    size = path.stat().st_size
+                except FileNotFoundError:  # removed since the scan (a pip uninstall next door)
+                    size = -1
+                digest.update(f"{domain}\0{relative}\0{size}\n".encode())
     else:
         for fs, path in _expand(cfg.paths, cfg.storage_options):
             info = fs.info(path)

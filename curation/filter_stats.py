@@ -69,14 +69,11 @@ def collect_stats(out_dir: Path, removed_by_reason: dict[str, int], steps: list[
         "rejected_by_rule": dict(sorted(rejected_by_rule.items())),
         "removed_by_reason": dict(sorted(removed_by_reason.items())),
         "removed_by_domain": {d: dict(sorted(c.items())) for d, c in sorted(removed_by_domain.items())},
+        # Kept documents per cluster size: how much a mixture could rebalance by duplication.
+        "cluster_sizes": {name: {str(k): v for k, v in sorted(c.items())} for name, c in clusters.items()},
         "steps": steps,
     }
-    report = {
-        **summary,
-        "length_bin_edges_bytes": LENGTH_EDGES,
-        "length_histograms": dict(sorted(lengths.items())),
-        "cluster_sizes": {name: {str(k): v for k, v in sorted(c.items())} for name, c in clusters.items()},
-    }
+    report = {**summary, "length_bin_edges_bytes": LENGTH_EDGES, "length_histograms": dict(sorted(lengths.items()))}
     (out_dir / REPORT_DIR).mkdir(exist_ok=True)
     (out_dir / REPORT_DIR / STATS_FILE).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     return summary
