@@ -198,3 +198,23 @@ def test_same_input_gives_the_same_bytes(tmp_path: Path) -> None:
     for run in ("a", "b"):
         build_filtered(cfg, tmp_path / "corpus", tmp_path / run, validation_fraction=0.5)
     assert content_hash(tmp_path / "a") == content_hash(tmp_path / "b")
+
+
+def test_cluster_counts_add_up_across_tasks(tmp_path: Path) -> None:
+    """A corpus in two files runs as two tasks: a kept license counts the copies the other task held."""
+    licenses = [MIT.format(year=2020, holder="Alpha Corp"), MIT.format(year=2021, holder="Beta Labs"),
+                MIT.format(year=2019, holder="Gamma Inc")]
+    (tmp_path / "corpus").mkdir()
+    write_documents(tmp_path / "corpus" / "documents-00000.jsonl.gz",
+                    [make_document(licenses[0], "license", "a0"), make_document(PROSE, "docs", "story.md")])
+    write_documents(tmp_path / "corpus" / "documents-00001.jsonl.gz",
+                    [make_document(licenses[0], "license", "b0"), make_document(licenses[1], "license", "b1"),
+                     make_document(licenses[2], "license", "b2")])
+    cfg = FilterConfig()
+    cfg.dedup.num_buckets = 4
+    stats = build_filtered(cfg, tmp_path / "corpus", tmp_path / "out")
+    kept, _ = kept_and_rejected(tmp_path / "out")
+    (license_doc,) = [d for d in kept if d["domain"] == "license"]
+    assert (license_doc["duplicate_count"], license_doc["minhash_cluster_size"]) == (4, 3)
+    assert stats["rejected_by_rule"] == {"exact_duplicate": 1, "near_duplicate": 2}
+    assert sorted(p.name for p in (tmp_path / "out" / "kept").iterdir()) == ["00000.jsonl", "00001.jsonl"]
