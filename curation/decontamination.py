@@ -61,10 +61,15 @@ def _eval_file_texts(pattern: str, text_field: str) -> Iterable[str]:
     for path in sorted(paths):
         with fs.open(path, "rb", compression="infer") as lines:
             for number, line in enumerate(lines, start=1):
-                record = orjson.loads(line) if line.strip() else {}
+                if not line.strip():
+                    continue
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError as error:
+                    raise ValueError(f"eval text file {Path(path).name}:{number} is not JSON: {error}") from None
                 if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                    raise ValueError(f"{Path(path).name}:{number} has no string field '{text_field}': "
-                                     f"set filter.decontamination.eval_text_field")
+                    raise ValueError(f"eval text file {Path(path).name}:{number} has no string field "
+                                     f"'{text_field}': set filter.decontamination.eval_text_field")
                 yield record[text_field]
 
 
