@@ -1,21 +1,30 @@
-"""``filtered``: per-domain quality rules and dedup on datatrove; kept and rejected sets side by side."""
+"""``filtered``: per-domain rule sets, decontamination and dedup on datatrove; kept and rejected sets side by side."""
 
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
+from curation.filter_stats import plot_filter_report
 from curation.filters import build_filtered
 from orchestration.resources import LabResource, StageResult, StageRun
 
 
 def build(run: StageRun) -> StageResult:
-    stats = build_filtered(run.cfg.filter, run.upstream["corpus"], run.output)
-    removed = "| rule | removed |\n|---|---:|\n" + "\n".join(
-        f"| {rule} | {count} |" for rule, count in sorted(stats["removed_by_rule"].items(), key=lambda x: -x[1])
+    stats = build_filtered(run.cfg.filter, run.upstream["corpus"], run.output, run.cfg.validation_fraction)
+    artifacts = plot_filter_report(run.output)
+    rules = sorted({rule for counts in stats["removed_by_domain"].values() for rule in counts})
+    removed = f"| domain | kept | {' | '.join(rules)} |\n|---|---:|{'---:|' * len(rules)}\n" + "\n".join(
+        f"| {domain} | {stats['kept_by_domain'].get(domain, 0)} | "
+        + " | ".join(str(stats["removed_by_domain"].get(domain, {}).get(rule, 0)) for rule in rules) + " |"
+        for domain in sorted({*stats["kept_by_domain"], *stats["removed_by_domain"]})
     )
-    return StageResult(stats, {"documents": stats["kept"], "removed_by_rule": MetadataValue.md(removed),
-                               "kept_by_domain": MetadataValue.json(stats["kept_by_domain"])})
+    return StageResult(stats, {"documents": stats["kept"], "removed_by_domain_and_rule": MetadataValue.md(removed),
+                               "removed_by_reason": MetadataValue.json(stats["removed_by_reason"]),
+                               "cluster_sizes": MetadataValue.json(stats["cluster_sizes"]),
+                               "report": MetadataValue.json({"files": artifacts})},
+                       artifacts=artifacts)
 
 
 @asset(deps=["corpus"], group_name="lineage",
-       description="Quality filters per domain, exact and MinHash near dedup; the reject set kept as data.")
+       description="Rule sets per domain, n-gram decontamination, exact and MinHash near dedup with cluster sizes; "
+                   "the reject set kept as data.")
 def filtered(context: AssetExecutionContext, lab: LabResource) -> MaterializeResult:
     return lab.materialize(context, "filtered", build)

@@ -10,6 +10,7 @@ sample) and taken until the per-domain caps are reached.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import sysconfig
@@ -47,6 +48,7 @@ class CorpusConfig:
     # python_env: which parts of the installation to read.
     roots: list[str] = field(default_factory=lambda: ["stdlib", "site-packages"])
     domains: dict[str, DomainCap] = field(default_factory=dict)
+    # Every source: a larger document (a JSONL line, for jsonl) is quarantined as "oversize" (python_env: skipped).
     max_doc_bytes: int = 2_000_000
     # jsonl / parquet: files or globs, local or s3://, and the field names to read.
     paths: list[str] = field(default_factory=list)
@@ -90,7 +92,8 @@ def scan_python_env(cfg: CorpusConfig) -> dict[str, list[tuple[str, Path]]]:
         if not root.is_dir():
             raise FileNotFoundError(f"Python installation root '{root_name}' not found at {root}")
         for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS)
+            # "~name": a package pip is uninstalling right now (it renames before it deletes).
+            dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS and not d.startswith("~"))
             # The stdlib contains site-packages when running outside a venv: read it once, as its own root.
             if root_name == "stdlib":
                 dirnames[:] = [d for d in dirnames if d != "site-packages"]
@@ -110,17 +113,25 @@ def read_python_env(cfg: CorpusConfig, quarantine: Quarantine, skipped: Counter)
         for relative, path in files:
             if docs >= cap.max_docs or size >= cap.max_bytes:
                 break
-            n_bytes = path.stat().st_size
-            if n_bytes > cfg.max_doc_bytes or n_bytes == 0:
-                skipped["oversize" if n_bytes else "empty"] += 1
-                continue
-            try:
+            try:  # the installation can change while it is read (a pip install next door)
+                n_bytes = path.stat().st_size
+                if n_bytes > cfg.max_doc_bytes or n_bytes == 0:
+                    skipped["oversize" if n_bytes else "empty"] += 1
+                    continue
                 text = path.read_bytes().decode("utf-8")
             except UnicodeDecodeError:
                 quarantine.add("invalid_utf8", relative)
                 continue
+            except FileNotFoundError:
+                skipped["vanished"] += 1
+                continue
             docs, size = docs + 1, size + n_bytes
             yield make_document(text, domain, relative)
+
+
+def _preview(raw: bytes) -> str:
+    """A bounded, printable prefix of a bad input line for the quarantine file."""
+    return raw[:2000].decode("utf-8", "replace")
 
 
 def _record_to_document(record: object, cfg: CorpusConfig, where: str, quarantine: Quarantine) -> dict | None:
@@ -129,16 +140,38 @@ def _record_to_document(record: object, cfg: CorpusConfig, where: str, quarantin
         return None
     text = record.get(cfg.text_field)
     if not isinstance(text, str):
-        quarantine.add(f"missing_{cfg.text_field}", where, json.dumps(record, default=str))
+        quarantine.add(f"missing_{cfg.text_field}", where, json.dumps(record, default=str)[:2000])
         return None
     if not text.strip():
         quarantine.add("empty_text", where)
         return None
     domain = record.get(cfg.domain_field) or cfg.default_domain
-    doc = make_document(text, str(domain), where)
-    if record.get(cfg.id_field) is not None:
-        doc["id"] = str(record[cfg.id_field])
+    try:  # JSON escapes can spell lone surrogates, which no UTF-8 file can hold
+        doc = make_document(text, str(domain), where)
+        if record.get(cfg.id_field) is not None:
+            doc["id"] = str(record[cfg.id_field])
+        (doc["id"] + doc["domain"]).encode("utf-8")
+    except UnicodeEncodeError:
+        quarantine.add("invalid_unicode", where, text[:2000].encode("utf-8", "replace").decode())
+        return None
+    if doc["bytes"] > cfg.max_doc_bytes:
+        quarantine.add("oversize", where, text[:2000])
+        return None
     return doc
+
+
+def _bounded_lines(handle, limit: int) -> Iterator[tuple[bytes, bool]]:
+    """Lines of a binary file as ``(line or its first bytes, whole)``: a line over ``limit`` bytes is never held
+    in memory whole, so one 50 MB (or 50 GB) line cannot exhaust memory."""
+    if not isinstance(handle, io.BufferedIOBase):  # fsspec's remote files (s3fs) take no readline size
+        handle = io.BufferedReader(handle, buffer_size=1 << 20)
+    while line := handle.readline(limit + 1):
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line, True
+            continue
+        while (rest := handle.readline(1 << 20)) and not rest.endswith(b"\n"):
+            pass
+        yield line, False
 
 
 def _expand(paths: list[str], storage_options: dict[str, str]) -> list[tuple[fsspec.AbstractFileSystem, str]]:
@@ -156,17 +189,20 @@ def _expand(paths: list[str], storage_options: dict[str, str]) -> list[tuple[fss
 def read_jsonl(cfg: CorpusConfig, quarantine: Quarantine) -> Iterator[dict]:
     for fs, path in _expand(cfg.paths, cfg.storage_options):
         name = Path(path).name
-        with fs.open(path, "rb", compression="infer") as lines:
-            for number, raw in enumerate(lines, start=1):
+        with fs.open(path, "rb", compression="infer") as handle:
+            for number, (raw, whole) in enumerate(_bounded_lines(handle, cfg.max_doc_bytes), start=1):
                 where = f"{name}:{number}"
+                if not whole:
+                    quarantine.add("oversize", where, _preview(raw))
+                    continue
                 try:
                     record = json.loads(raw.decode("utf-8"))
                 except UnicodeDecodeError:
-                    quarantine.add("invalid_utf8", where, raw.decode("utf-8", "replace"))
+                    quarantine.add("invalid_utf8", where, _preview(raw))
                     continue
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):  # deeply nested arrays exhaust the parser's stack
                     if raw.strip():
-                        quarantine.add("malformed_json", where, raw.decode("utf-8", "replace"))
+                        quarantine.add("malformed_json", where, _preview(raw))
                     continue
                 doc = _record_to_document(record, cfg, where, quarantine)
                 if doc is not None:
@@ -203,7 +239,11 @@ def source_signature(cfg: CorpusConfig) -> str:
     if cfg.source == "python_env":
         for domain, files in scan_python_env(cfg).items():
             for relative, path in files:
-                digest.update(f"{domain}\0{relative}\0{path.stat().st_size}\n".encode())
+                try:
+                    size = path.stat().st_size
+                except FileNotFoundError:  # removed since the scan (a pip uninstall next door)
+                    size = -1
+                digest.update(f"{domain}\0{relative}\0{size}\n".encode())
     else:
         for fs, path in _expand(cfg.paths, cfg.storage_options):
             info = fs.info(path)

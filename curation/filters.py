@@ -1,31 +1,30 @@
-"""The ``filtered`` stage: per-domain quality filters, exact dedup and MinHash near dedup, on datatrove.
+"""The ``filtered`` stage: per-domain rule sets, decontamination, exact and MinHash near dedup, on datatrove.
 
-Pipeline (each line one datatrove executor run, all local by default):
+Stages (one datatrove executor each, chained; local processes by default, Slurm or Ray from config):
 
-    quality:   read corpus -> prose rules (Gopher quality + repetition, FineWeb) on prose domains
-                           -> code rules (parses, line lengths, alphanumeric ratio, generated markers) on code domains
-                           -> exact dedup -> write "screened"
-    minhash:   signatures -> buckets -> clusters (with cluster sizes) -> filter "screened" -> write "kept"
+    screen:            read corpus -> each domain's rule sets (prose: Gopher quality + repetition, FineWeb;
+                       code: minified, alphanumeric ratio, generated markers; python: parses, lint score)
+                       -> write "screened" -> exact-dedup hashes
+    exact_duplicates:  find exact duplicates and the size of each cluster
+    unique:            drop exact duplicates (sizes kept) -> write "unique" -> MinHash signatures
+    minhash_buckets, minhash_clusters: LSH candidate pairs, union-find clusters
+    kept:              cluster sizes and combined duplicate counts -> drop near duplicates
+                       -> n-gram decontamination against eval texts -> write "kept"
 
-Every rule writes what it removes to ``rejected/<rule>/`` with the reason in ``filter_reason``: the reject set is
-data, next to the kept set. Per-rule counts come from datatrove's own step statistics.
+Every rule writes what it removes to ``rejected/<rule>/`` with ``filter_rule`` (and datatrove's finer
+``filter_reason``) in the document: the reject set is data, next to the kept set. Per-rule counts come from
+datatrove's step statistics; every input document is accounted for as kept or rejected, or the stage fails.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
-import json
 import shutil
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datatrove.data import Document
-from datatrove.executor import LocalPipelineExecutor
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter, ExactDedupSignature, ExactFindDedups
 from datatrove.pipeline.dedup.minhash import (
-    MinhashConfig,
     MinhashDedupBuckets,
     MinhashDedupCluster,
     MinhashDedupFilter,
@@ -36,9 +35,28 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 from datatrove.pipeline.writers.disk_base import DiskWriter
+from datatrove.utils.word_tokenizers import WordTokenizer
 
-from curation.code_filters import AlphanumericFilter, GeneratedFileFilter, LineLengthFilter, PythonSyntaxFilter
-from curation.documents import iter_document_files, read_documents
+from curation.code_filters import (
+    AlphanumericFilter,
+    GeneratedFileFilter,
+    LintScoreFilter,
+    MinifiedFilter,
+    PythonSyntaxFilter,
+)
+from curation.decontamination import DecontaminationConfig, NGramDecontamination, build_index, eval_texts
+from curation.dedup import DedupConfig, DuplicateCounts, ExactSizes, exact_config, minhash_config
+from curation.executors import ExecutorConfig, Stage, run_chain
+from curation.filter_stats import collect_stats, count_lines
+from curation.word_tokenizer import word_tokenizer
+
+CORPUS_GLOB = "documents*.jsonl*"  # the corpus stage's documents, not its quarantine file
+# The rules of each rule set, in the order they run. Domains choose rule sets in ``FilterConfig.domain_rules``.
+RULE_SETS = {
+    "prose": ("gopher_quality", "gopher_repetition", "fineweb_quality"),
+    "code": ("minified", "alnum_ratio", "generated"),
+    "python": ("python_syntax", "lint_score"),
+}
 
 
 @dataclass
@@ -63,164 +81,207 @@ class ProseRules:
 
 @dataclass
 class CodeRules:
+    # Minified: any line longer than max_line_chars, or more characters per line than max_chars_per_line in a file
+    # of minified_min_chars or more.
     max_line_chars: int = 1000
-    max_mean_line_chars: float = 100.0
+    max_chars_per_line: float = 100.0
+    minified_min_chars: int = 200
     min_alnum_ratio: float = 0.25
     generated_header_lines: int = 10
+    # Python: pylint-style score out of 10 (curation.code_filters.lint_score); SwallowCode keeps pylint >= 7.
+    min_lint_score: float = 6.0
+    lint_max_line_chars: int = 100
 
 
-@dataclass
-class DedupConfig:
-    exact: bool = True
-    near: bool = True
-    ngram_size: int = 5
-    num_buckets: int = 14
-    hashes_per_bucket: int = 8
+def _default_domain_rules() -> dict[str, list[str]]:
+    return {"docs": ["prose"], "license": ["prose"], "web": ["prose"],
+            "python": ["code", "python"], "code": ["code"], "data": ["code"]}
 
 
 @dataclass
 class FilterConfig:
-    prose_domains: list[str] = field(default_factory=lambda: ["docs", "web"])
-    code_domains: list[str] = field(default_factory=lambda: ["python", "code", "data"])
-    python_domains: list[str] = field(default_factory=lambda: ["python"])
+    # Rule sets (keys of curation.filters.RULE_SETS) per domain; a domain not listed gets default_rule_sets.
+    domain_rules: dict[str, list[str]] = field(default_factory=_default_domain_rules)
+    default_rule_sets: list[str] = field(default_factory=lambda: ["prose"])
     prose: ProseRules = field(default_factory=ProseRules)
     code: CodeRules = field(default_factory=CodeRules)
+    decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
-    # How many processes datatrove may use. Changes speed, never bytes: kept out of the fingerprint.
+    # Word splitting for Gopher, FineWeb and MinHash: regex (curation.word_tokenizer) or spacy (datatrove's default,
+    # about 9x slower on the demo corpus).
+    word_tokenizer: str = "regex"
+    # How many tasks run at once (local processes, Slurm array tasks, Ray tasks). Speed only: not fingerprinted.
     workers: int = 1
+    # Where the tasks run. Speed only: not fingerprinted.
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
 
 class ForDomains(BaseFilter):
-    """Applies a datatrove filter to the documents of some domains and passes the others through."""
+    """Applies a datatrove filter to the documents of some domains and passes the others through.
 
-    def __init__(self, inner: BaseFilter, domains: list[str], exclusion_writer: DiskWriter):
+    ``unlisted``: also apply it to domains that ``FilterConfig.domain_rules`` does not name (``listed``).
+    """
+
+    def __init__(self, inner: BaseFilter, domains: set[str], exclusion_writer: DiskWriter,
+                 unlisted: bool = False, listed: set[str] = frozenset()):
         # The name must be set before BaseFilter.__init__, which names the step's statistics after it.
-        self.name = f"{inner.name} [{','.join(sorted(domains))}]"
+        self.name = f"{inner.name} [{','.join(sorted(domains) + ['*'] * unlisted)}]"
         super().__init__(exclusion_writer)
-        self.inner, self.domains = inner, set(domains)
+        self.inner, self.domains, self.unlisted, self.listed = inner, set(domains), unlisted, set(listed)
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        if doc.metadata.get("domain") not in self.domains:
-            return True
-        return self.inner.filter(doc)
-
-
-class ExactDedupFilter(BaseFilter):
-    """Keeps the first copy of each exact text. One in-memory pass: right for a single task on one machine."""
-
-    name = "🫂 Exact dedup"
-
-    def __init__(self, exclusion_writer: DiskWriter):
-        super().__init__(exclusion_writer)
-        self.seen: set[bytes] = set()
-
-    def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        digest = hashlib.sha1(doc.text.strip().encode()).digest()
-        if digest in self.seen:
-            return False, "exact_duplicate"
-        self.seen.add(digest)
+        domain = doc.metadata.get("domain")
+        if domain in self.domains or (self.unlisted and domain not in self.listed):
+            return self.inner.filter(doc)
         return True
 
 
-def _writer(folder: Path) -> JsonlWriter:
-    # Uncompressed: datatrove's gzip headers carry the write time, and identical documents must give identical
-    # bytes, or an unchanged output would look changed and re-run everything below it.
-    return JsonlWriter(str(folder), output_filename="${rank}.jsonl", compression=None, expand_metadata=True)
+class ShardWriter(JsonlWriter):
+    """Uncompressed JSONL, one file per task; rejects carry the rule that removed them as ``filter_rule``.
+
+    Uncompressed: datatrove's gzip headers carry the write time, and identical documents must give identical bytes,
+    or an unchanged output would look changed and re-run everything below it. A file per task even when the task
+    writes nothing: the dedup stages read intermediate folders task by task and must find task i's file at place i.
+    """
+
+    def __init__(self, folder: Path, rule: str = ""):
+        super().__init__(str(folder), output_filename="${rank}.jsonl", compression=None, expand_metadata=True)
+        self.rule = rule
+
+    def write(self, document: Document, rank: int = 0, **kwargs) -> None:
+        if self.rule:
+            document.metadata["filter_rule"] = self.rule
+        super().write(document, rank, **kwargs)
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        self.output_folder.open(f"{rank:05d}.jsonl", "wb").close()
+        yield from super().run(data, rank, world_size)
 
 
-def _reader(folder: Path) -> JsonlReader:
+def _reader(folder: Path, glob: str = "*.jsonl") -> JsonlReader:
     # add_file_path=False: datatrove would otherwise put the absolute machine path into every document.
-    return JsonlReader(str(folder), glob_pattern="*.jsonl*", add_file_path=False)
+    return JsonlReader(str(folder), glob_pattern=glob, add_file_path=False)
 
 
-def quality_steps(cfg: FilterConfig, rejected: Path) -> list[BaseFilter]:
-    """The per-domain quality rules, each with its own reject folder."""
+def _rules(cfg: FilterConfig, words: str | WordTokenizer) -> dict[str, BaseFilter]:
+    """Every rule by its slug. The prose rules share one tokenizer object: datatrove caches the split of the last
+    texts by (text, tokenizer), so each document is split once for all three."""
     prose, code = cfg.prose, cfg.code
-    rules: list[tuple[str, BaseFilter, list[str]]] = [
-        ("gopher_quality", GopherQualityFilter(
+    return {
+        "gopher_quality": GopherQualityFilter(
             min_doc_words=prose.min_doc_words, max_doc_words=prose.max_doc_words,
             min_avg_word_length=prose.min_avg_word_length, max_avg_word_length=prose.max_avg_word_length,
             max_symbol_word_ratio=prose.max_symbol_word_ratio, max_bullet_lines_ratio=prose.max_bullet_lines_ratio,
             max_non_alpha_words_ratio=prose.max_non_alpha_words_ratio, min_stop_words=prose.min_stop_words,
-        ), cfg.prose_domains),
-        ("gopher_repetition", GopherRepetitionFilter(
-            dup_line_frac=prose.dup_line_frac, dup_para_frac=prose.dup_para_frac,
-        ), cfg.prose_domains),
-        ("fineweb_quality", FineWebQualityFilter(
+            language=words),
+        "gopher_repetition": GopherRepetitionFilter(dup_line_frac=prose.dup_line_frac,
+                                                    dup_para_frac=prose.dup_para_frac, language=words),
+        "fineweb_quality": FineWebQualityFilter(
             line_punct_thr=prose.line_punct_thr, short_line_thr=prose.short_line_thr,
-            char_duplicates_ratio=prose.char_duplicates_ratio, new_line_ratio=prose.new_line_ratio,
-        ), cfg.prose_domains),
-        ("python_syntax", PythonSyntaxFilter(), cfg.python_domains),
-        ("line_length", LineLengthFilter(code.max_line_chars, code.max_mean_line_chars), cfg.code_domains),
-        ("alnum_ratio", AlphanumericFilter(code.min_alnum_ratio), cfg.code_domains),
-        ("generated", GeneratedFileFilter(code.generated_header_lines), cfg.code_domains),
-    ]
-    steps: list[BaseFilter] = [ForDomains(rule, domains, _writer(rejected / slug)) for slug, rule, domains in rules]
-    if cfg.dedup.exact:
-        steps.append(ExactDedupFilter(_writer(rejected / "exact_duplicate")))
+            char_duplicates_ratio=prose.char_duplicates_ratio, new_line_ratio=prose.new_line_ratio, language=words),
+        "minified": MinifiedFilter(code.max_line_chars, code.max_chars_per_line, code.minified_min_chars),
+        "alnum_ratio": AlphanumericFilter(code.min_alnum_ratio),
+        "generated": GeneratedFileFilter(code.generated_header_lines),
+        "python_syntax": PythonSyntaxFilter(),
+        "lint_score": LintScoreFilter(code.min_lint_score, code.lint_max_line_chars),
+    }
+
+
+def rule_steps(cfg: FilterConfig, rejected: Path, words: str | WordTokenizer) -> list[BaseFilter]:
+    """Each rule once, routed to the domains whose rule sets include it, with its own reject folder."""
+    chosen = {**cfg.domain_rules, "*": cfg.default_rule_sets}
+    unknown = sorted({name for sets in chosen.values() for name in sets} - RULE_SETS.keys())
+    if unknown:
+        raise ValueError(f"filter.domain_rules names unknown rule sets {unknown}; valid: {sorted(RULE_SETS)}")
+    steps = []
+    for slug, rule in _rules(cfg, words).items():
+        domains = {domain for domain, sets in chosen.items() if any(slug in RULE_SETS[s] for s in sets)}
+        if domains:
+            steps.append(ForDomains(rule, domains - {"*"}, ShardWriter(rejected / slug, slug),
+                                    unlisted="*" in domains, listed=set(cfg.domain_rules)))
     return steps
 
 
-def _count(value: int | dict) -> int:
-    return value if isinstance(value, int) else int(value["total"])
+def decontamination_steps(cfg: FilterConfig, corpus_files: list[Path], validation_fraction: float,
+                          rejected: Path) -> list[BaseFilter]:
+    decon = cfg.decontamination
+    if not decon.enabled:
+        return []
+    index = build_index(eval_texts(decon, corpus_files, validation_fraction), decon.ngram_size)
+    return [NGramDecontamination(index, decon.ngram_size, decon.max_overlap, validation_fraction,
+                                 ShardWriter(rejected / "decontaminated", "decontaminated"))]
 
 
-def _removed_by_reason(stats: list[dict]) -> dict[str, int]:
-    """Per-rule removal counts from datatrove's step statistics (``dropped_<reason>`` counters)."""
+def filter_stages(cfg: FilterConfig, corpus_dir: Path, out_dir: Path, validation_fraction: float) -> list[Stage]:
+    """The chain of datatrove stages, from the corpus to ``out_dir/kept`` and ``out_dir/rejected/<rule>``.
+
+    Decontamination runs last, on what dedup kept: a training copy of an eval text is then reported as a duplicate
+    when it is one, and exact dedup keeps the validation copy of an exact duplicate (priority), not a training one.
+    """
+    work, rejected = out_dir / "work", out_dir / "rejected"
+    corpus_files = sorted(corpus_dir.glob(CORPUS_GLOB))
+    if not corpus_files:
+        raise FileNotFoundError(f"no corpus documents ({CORPUS_GLOB}) in the corpus output: re-materialize corpus")
+    tasks, dedup, words = len(corpus_files), cfg.dedup, word_tokenizer(cfg.word_tokenizer)
+    exact = exact_config(validation_fraction)
+    stages = [Stage("screen", [
+        _reader(corpus_dir, CORPUS_GLOB), *rule_steps(cfg, rejected, words), ShardWriter(work / "screened"),
+        *([ExactDedupSignature(str(work / "exact_signatures"), exact)] if dedup.exact else []),
+    ], tasks)]
+    unique = [_reader(work / "screened")]
+    if dedup.exact:
+        stages.append(Stage("exact_duplicates", [
+            ExactFindDedups(str(work / "exact_signatures"), str(work / "exact_duplicates"), exact)]))
+        unique += [ExactDedupFilter(str(work / "exact_duplicates"), exact,
+                                    exclusion_writer=ShardWriter(rejected / "exact_duplicate", "exact_duplicate")),
+                   ExactSizes(str(work / "exact_sizes"))]
+    last = [*decontamination_steps(cfg, corpus_files, validation_fraction, rejected), ShardWriter(out_dir / "kept")]
+    if not dedup.near:
+        return [*stages, Stage("kept", [*unique, DuplicateCounts(None, None), *last], tasks)]
+    minhash, signatures = minhash_config(dedup), str(work / "minhash_signatures")
+    buckets, clusters = str(work / "minhash_buckets"), str(work / "minhash_clusters")
+    near_rejects = ShardWriter(rejected / "near_duplicate", "near_duplicate")
+    return [*stages,
+            Stage("unique", [*unique, ShardWriter(work / "unique"),
+                             MinhashDedupSignature(signatures, config=minhash, language=words)], tasks),
+            Stage("minhash_buckets", [MinhashDedupBuckets(signatures, buckets, config=minhash)], minhash.num_buckets),
+            Stage("minhash_clusters", [MinhashDedupCluster(buckets, clusters, config=minhash, save_cluster_id=True)]),
+            Stage("kept", [
+                _reader(work / "unique"),
+                DuplicateCounts(clusters, str(work / "exact_sizes") if dedup.exact else None),
+                MinhashDedupFilter(clusters, exclusion_writer=near_rejects),
+                *last,
+            ], tasks)]
+
+
+def removed_by_reason(stats: list[dict]) -> dict[str, int]:
+    """Per-reason removal counts from datatrove's step statistics: filters count ``dropped_<reason>``, dedup
+    filters only ``dropped``."""
+    dedup_reasons = {"exact-deduplication stage 3": "exact_duplicate", "MinHash stage 4": "near_duplicate"}
     removed: dict[str, int] = {}
     for step in stats:
         for key, value in step["stats"].items():
-            if key.startswith("dropped_"):
-                reason = key.removeprefix("dropped_")
-                removed[reason] = removed.get(reason, 0) + _count(value)
-            elif key == "dropped" and "MinHash stage 4" in step["name"]:
-                removed["near_duplicate"] = _count(value)
+            reason = key.removeprefix("dropped_") if key.startswith("dropped_") else None
+            if key == "dropped":
+                reason = next((r for marker, r in dedup_reasons.items() if marker in step["name"]), None)
+            if reason:
+                removed[reason] = removed.get(reason, 0) + (value if isinstance(value, int) else int(value["total"]))
     return removed
 
 
-def _run(pipeline: list, work: Path, name: str, tasks: int = 1, workers: int = 1) -> list[dict]:
-    """One datatrove executor run; its statistics (and logs) land under ``work/logs/<name>``."""
-    executor = LocalPipelineExecutor(
-        pipeline, tasks=tasks, workers=min(workers, tasks), logging_dir=str(work / "logs" / name),
-        skip_completed=False,
-    )
-    # datatrove logs every step to stderr at INFO; keep the console readable; its log files stay in work/logs.
-    with contextlib.redirect_stderr(io.StringIO()):
-        executor.run()
-    return json.loads((work / "logs" / name / "stats.json").read_text())
+def build_filtered(cfg: FilterConfig, corpus_dir: Path, out_dir: Path, validation_fraction: float = 0.0) -> dict:
+    """Filter and deduplicate the corpus in ``corpus_dir`` into ``out_dir/kept`` and ``out_dir/rejected``.
 
-
-def build_filtered(cfg: FilterConfig, corpus_dir: Path, out_dir: Path) -> dict:
-    """Filter and deduplicate the corpus in ``corpus_dir`` into ``out_dir/kept`` and ``out_dir/rejected``."""
-    work, rejected = out_dir / "work", out_dir / "rejected"
-    screened = work / "screened"
-    stats = _run([_reader(corpus_dir), *quality_steps(cfg, rejected), _writer(screened)], work, "quality")
-    if cfg.dedup.near:
-        stats += near_dedup(cfg, screened, out_dir / "kept", rejected / "near_duplicate", work)
-    else:
-        shutil.copytree(screened, out_dir / "kept")
-    # Signatures, buckets and logs are scratch: the outputs are the kept and rejected documents.
-    shutil.rmtree(work)
-    (out_dir / "kept").mkdir(exist_ok=True)
-    kept = Counter(doc["domain"] for path in iter_document_files(out_dir / "kept") for doc in read_documents(path))
-    return {"kept": sum(kept.values()), "kept_by_domain": dict(sorted(kept.items())),
-            "removed_by_rule": _removed_by_reason(stats), "steps": [s["name"] for s in stats]}
-
-
-def near_dedup(cfg: FilterConfig, screened: Path, kept: Path, rejected: Path, work: Path) -> list[dict]:
-    minhash = MinhashConfig(
-        n_grams=cfg.dedup.ngram_size, num_buckets=cfg.dedup.num_buckets,
-        hashes_per_bucket=cfg.dedup.hashes_per_bucket,
-    )
-    sigs, buckets, clusters = work / "signatures", work / "buckets", work / "clusters"
-    stats = _run([_reader(screened), MinhashDedupSignature(str(sigs), config=minhash)], work, "signatures")
-    stats += _run([MinhashDedupBuckets(str(sigs), str(buckets), config=minhash)], work, "buckets",
-                  tasks=minhash.num_buckets, workers=cfg.workers)
-    stats += _run([MinhashDedupCluster(str(buckets), str(clusters), config=minhash, save_cluster_size=True)],
-                  work, "clusters")
-    stats += _run([
-        _reader(screened),
-        MinhashDedupFilter(str(clusters), exclusion_writer=_writer(rejected), load_cluster_sizes=True),
-        _writer(kept),
-    ], work, "minhash_filter")
+    Writes ``out_dir/report/filter_stats.json`` (histograms, cluster sizes) and returns the summary statistics.
+    ``validation_fraction``: the experiment's held-out share, whose documents are the default eval texts.
+    """
+    stages = filter_stages(cfg, corpus_dir, out_dir, validation_fraction)
+    step_stats = run_chain(cfg.executor, stages, cfg.workers, out_dir / "work" / "logs")
+    # Signatures, buckets, intermediate copies and logs are scratch: the outputs are the kept and rejected sets.
+    shutil.rmtree(out_dir / "work")
+    stats = collect_stats(out_dir, removed_by_reason(step_stats), [s["name"] for s in step_stats])
+    documents = sum(count_lines(path) for path in sorted(corpus_dir.glob(CORPUS_GLOB)))
+    accounted = stats["kept"] + sum(stats["rejected_by_rule"].values())
+    if accounted != documents:
+        raise RuntimeError(f"filtered lost documents: {documents} read, {accounted} kept or rejected")
     return stats

@@ -35,7 +35,9 @@ class StageSpec:
 def _filter_slice(cfg: ExperimentConfig) -> dict:
     rules = asdict(cfg.filter)
     rules.pop("workers")  # speed only
-    return {"filter": rules}
+    rules.pop("executor")  # where tasks run: speed only
+    # The validation split is the default eval text of decontamination and wins exact-dedup ties.
+    return {"filter": rules, "validation_fraction": cfg.validation_fraction}
 
 
 STAGES: tuple[StageSpec, ...] = (
@@ -43,9 +45,11 @@ STAGES: tuple[StageSpec, ...] = (
               lambda c: {"corpus": asdict(c.corpus), "source_signature": source_signature(c.corpus)},
               "Documents read from the configured source, with domain, relative source path and size."),
     StageSpec("filtered", ("corpus",),
-              ("curation.filters", "curation.code_filters", "curation.documents", "assets.filtered"),
+              ("curation.filters", "curation.code_filters", "curation.dedup", "curation.decontamination",
+               "curation.word_tokenizer", "curation.filter_stats", "curation.documents", "assets.filtered"),
               _filter_slice,
-              "Per-domain quality filters, exact and MinHash near dedup; kept and rejected sets."),
+              "Rule sets per domain, exact and MinHash near dedup with cluster sizes, n-gram decontamination; "
+              "kept and rejected sets."),
     StageSpec("tokenizer", ("filtered",), ("curation.tokenizer", "curation.documents", "assets.tokenizer"),
               lambda c: {"tokenizer": asdict(c.tokenizer), "validation_fraction": c.validation_fraction},
               "Byte-level BPE trained on the training split (tokenizer.json)."),

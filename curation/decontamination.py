@@ -1,0 +1,117 @@
+"""N-gram decontamination: training documents that share too many word n-grams with evaluation texts are dropped.
+
+Evaluation texts are the corpus's own validation split (the documents ``is_validation`` puts there, which every
+later stage holds out) plus any JSONL files of eval texts named in config. The index is a sorted array of 64-bit
+n-gram hashes built once on the submitting host and shipped with the step, so it works on every executor.
+N-grams are hashed word by word (xxhash, stable across processes) and combined with a polynomial in numpy, so a
+document costs one regex split and a few vectorised operations.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import orjson
+import xxhash
+from datatrove.data import Document
+from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.pipeline.writers.disk_base import DiskWriter
+
+from curation.documents import is_validation
+
+WORD = re.compile(r"\w+")
+MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant: the polynomial's base
+
+
+@dataclass
+class DecontaminationConfig:
+    enabled: bool = True
+    # Words per n-gram (13 as in GPT-3 and OLMo's decontamination).
+    ngram_size: int = 13
+    # Drop a training document when at least this share of its n-grams occur in the eval texts. A share, not "any":
+    # license headers and boilerplate shared with one eval file must not take every file that carries them.
+    max_overlap: float = 0.5
+    # Use the corpus's validation split (by document hash) as eval texts.
+    use_validation_split: bool = True
+    # Extra eval texts: JSONL files or globs (local or any fsspec URL), one text per line in ``eval_text_field``.
+    eval_paths: list[str] = field(default_factory=list)
+    eval_text_field: str = "text"
+
+
+def ngram_hashes(text: str, n: int) -> np.ndarray:
+    """Hashes of the lower-cased word n-grams of ``text`` (empty for texts of fewer than n words)."""
+    words = WORD.findall(text.lower())
+    if len(words) < n:
+        return np.empty(0, dtype=np.uint64)
+    hashes = np.fromiter((xxhash.xxh64_intdigest(w) for w in words), dtype=np.uint64, count=len(words))
+    windows = np.lib.stride_tricks.sliding_window_view(hashes, n)
+    powers = MULTIPLIER ** np.arange(n, dtype=np.uint64)  # wraps modulo 2^64, as intended
+    return (windows * powers).sum(axis=1, dtype=np.uint64)
+
+
+def _eval_file_texts(pattern: str, text_field: str) -> Iterable[str]:
+    fs, _, paths = fsspec.get_fs_token_paths(pattern)
+    if not paths:
+        raise FileNotFoundError(f"filter.decontamination.eval_paths entry '{pattern}' matches no file")
+    for path in sorted(paths):
+        with fs.open(path, "rb", compression="infer") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError as error:
+                    raise ValueError(f"eval text file {Path(path).name}:{number} is not JSON: {error}") from None
+                if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                    raise ValueError(f"eval text file {Path(path).name}:{number} has no string field "
+                                     f"'{text_field}': set filter.decontamination.eval_text_field")
+                yield record[text_field]
+
+
+def eval_texts(cfg: DecontaminationConfig, corpus_files: list[Path], validation_fraction: float) -> Iterable[str]:
+    if cfg.use_validation_split and validation_fraction > 0:
+        for path in corpus_files:
+            with fsspec.open(str(path), "rb", compression="infer") as lines:
+                for line in lines:
+                    record = orjson.loads(line)
+                    if is_validation(record["id"], validation_fraction):
+                        yield record["text"]
+    for pattern in cfg.eval_paths:
+        yield from _eval_file_texts(pattern, cfg.eval_text_field)
+
+
+def build_index(texts: Iterable[str], n: int) -> np.ndarray:
+    parts = [ngram_hashes(text, n) for text in texts]
+    return np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.uint64)
+
+
+class NGramDecontamination(BaseFilter):
+    """Drops training documents whose n-grams overlap the eval index by ``max_overlap`` or more.
+
+    Validation documents are the eval texts themselves: they pass untouched, and stay held out downstream.
+    """
+
+    name = "🧪 N-gram decontamination"
+
+    def __init__(self, index: np.ndarray, ngram_size: int, max_overlap: float, validation_fraction: float,
+                 exclusion_writer: DiskWriter = None):
+        super().__init__(exclusion_writer)
+        self.index, self.ngram_size, self.max_overlap = index, ngram_size, max_overlap
+        self.validation_fraction = validation_fraction
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        if not self.index.size or is_validation(doc.id, self.validation_fraction):
+            return True
+        hashes = ngram_hashes(doc.text, self.ngram_size)
+        if not hashes.size:
+            return True
+        positions = np.minimum(np.searchsorted(self.index, hashes), self.index.size - 1)
+        overlap = np.count_nonzero(self.index[positions] == hashes) / hashes.size
+        if overlap >= self.max_overlap:
+            return False, "eval_ngram_overlap"
+        return True
