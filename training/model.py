@@ -52,17 +52,18 @@ class DocumentAttention(Module):
         check_backend(config.backend)
         self.backend = config.backend
 
+    # The argument names are torchtitan's: its tensor-parallel plan shards the inputs by these names.
     def forward(
         self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
+        q_BLNH: torch.Tensor,
+        k_BLNH: torch.Tensor,
+        v_BLNH: torch.Tensor,
         *,
         attention_masks: DocumentMask | None = None,
         scale: float | None = None,
         **_: Any,  # enable_gqa: the kernels read it from the head counts
     ) -> torch.Tensor:
-        return attention(q, k, v, mask=attention_masks, backend=self.backend, scale=scale)
+        return attention(q_BLNH, k_BLNH, v_BLNH, mask=attention_masks, backend=self.backend, scale=scale)
 
 
 class PackedLlama3Model(Llama3Model):

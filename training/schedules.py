@@ -48,11 +48,16 @@ class Schedule:
 
     @classmethod
     def from_train(cls, t: TrainConfig) -> "Schedule":
-        """The schedule of a run's TrainConfig: the one mapping from our config keys to a schedule."""
+        """The schedule of a run's TrainConfig: the one mapping from our config keys to a schedule.
+
+        A warmup longer than the run is cut to the run's length (as torchtitan does), so a short probe run of a
+        config still starts.
+        """
+        total_steps = t.schedule_steps or t.steps
         return cls(
             name=t.schedule,
-            total_steps=t.schedule_steps or t.steps,
-            warmup_steps=t.warmup_steps,
+            total_steps=total_steps,
+            warmup_steps=min(t.warmup_steps, total_steps),
             warmup_start_ratio=t.warmup_start_ratio,
             min_lr_ratio=t.min_lr_ratio,
             decay_fraction=t.decay_fraction,
