@@ -3,9 +3,9 @@
 Each repeat materializes the `checkpoint` asset of a tiny experiment through Dagster, as `lab materialize` does
 (LabResource, assets/checkpoint.py, PipesSubprocessClient, MLflow; a new train.seed per repeat, so it is never a
 cache hit), then runs the very same TrainJob with a plain `torchrun ... -m training.train --job job.json` into a
-scratch folder. Both report the training's global tokens/s
-from its first logged step to its last (train_summary.json), so start-up is left out on both sides and the
-ratio is the cost of the orchestration while training: Pipes log messages and MLflow metric batches.
+scratch folder. Both report the training's global tokens/s from its first logged step to its last
+(train_summary.json), so start-up is left out on both sides and the ratio is the cost of the orchestration while
+training: Pipes log messages and MLflow metric batches.
 
     PYTHONPATH=$PWD python bench/bench_checkpoint_asset.py --repeats 3
 
