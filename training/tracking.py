@@ -57,6 +57,7 @@ class RunRecorder(BaseLogger):
             from mlflow.tracking import MlflowClient  # slow import, only where asked for
 
             self.mlflow = MlflowClient(mlflow_tracking_uri)
+        self.pending: list[Any] = []  # MLflow's asynchronous log operations, awaited in close()
         self.pipes = PipesContext.get() if PipesContext.is_initialized() else None
         self.loss_curve: list[list[float]] = []
         self.logged: list[tuple[float, int]] = []  # (wall clock, global tokens seen) at each logged step
@@ -89,11 +90,14 @@ class RunRecorder(BaseLogger):
 
             now_ms = int(time.time() * 1000)
             batch = [Metric(f"train/{key}", value, now_ms, step) for key, value in row.items()]
-            self.mlflow.log_batch(self.mlflow_run_id, metrics=batch)
+            # Asynchronous: the database write happens on MLflow's logging thread, not in the training step.
+            self.pending.append(self.mlflow.log_batch(self.mlflow_run_id, metrics=batch, synchronous=False))
         if self.pipes is not None:
             self.pipes.log.info(f"step {step}: " + "  ".join(f"{k} {v:.6g}" for k, v in row.items()))
 
     def close(self) -> None:
+        for operation in self.pending:
+            operation.wait()
         self.steps_file.close()
 
     def mean_tokens_per_second(self) -> float | None:
