@@ -8,9 +8,10 @@ Layout of the output folder:
     replay_stream.bin (+ .index.npz)     the replay mixture, when mixture.replay.fraction > 0
     mixture.json, ledger.png             per-domain documents, tokens, bytes, and the ledger (target vs realized)
 
-Each phase takes whole documents, always from the domain furthest below its target share, cycling through each
-domain's documents in a seeded order that carries over from phase to phase (upsampling repeats a domain,
-downsampling uses part of it). That keeps every domain's realized share within one document of its target.
+Each phase takes whole documents (long ones as pieces of at most max_doc_tokens), always from the domain furthest
+below its target share, cycling through each domain's documents in a seeded order that carries over from phase to
+phase (upsampling repeats a domain, downsampling uses part of it). That keeps every domain's realized share within
+one document (or piece) of its target.
 Source conditioning (MeCo) prepends ``source_template`` to every document of a conditioned phase; the loader
 trains on those tokens without loss. The index sidecars are described in ``curation.packing``.
 """
@@ -59,6 +60,9 @@ class MixtureConfig:
     # MeCo source conditioning, e.g. "source: {domain}/{source}\n"; empty: none.
     source_template: str = ""
     train_tokens: int = 2_000_000  # main stream plus replay; size it to train.steps * global batch * seq_len
+    # Training documents longer than this are mixed as pieces of at most this many tokens (each piece starts an
+    # attention document), so one long file cannot hold its domain back from its share; 0: never split.
+    max_doc_tokens: int = 4096
     seed: int = 0
     encode_batch_size: int = 256
 
@@ -102,6 +106,14 @@ def tokenize_domains(filtered_kept: Path, tokenizer: Tokenizer, validation_fract
                 flush()
     flush()
     return docs, n_bytes
+
+
+def split_long(documents: list[Document], max_tokens: int) -> list[Document]:
+    """Each document, or its consecutive pieces of at most ``max_tokens`` tokens (the last keeps the EOS)."""
+    if max_tokens <= 0:
+        return documents
+    return [Document(doc.tokens[start:start + max_tokens], doc.source)
+            for doc in documents for start in range(0, len(doc.tokens), max_tokens)]
 
 
 class DocumentCycler:
@@ -252,7 +264,8 @@ def build_mixture(
     tokenizer = load_tokenizer(tokenizer_dir)
     docs, n_bytes = tokenize_domains(filtered_kept, tokenizer, validation_fraction, cfg.encode_batch_size)
     domains = write_shards(docs, n_bytes, out_dir)
-    train = {d: documents for (d, split), documents in sorted(docs.items()) if split == "train"}
+    train = {d: split_long(documents, cfg.max_doc_tokens) for (d, split), documents in sorted(docs.items())
+             if split == "train"}
     lengths = {d: [len(doc.tokens) for doc in documents] for d, documents in train.items()}
     phases = resolve_phases(cfg, {d: sum(n) for d, n in lengths.items()})
     replay = replay_weights(cfg.replay, set(train))

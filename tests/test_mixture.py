@@ -7,6 +7,7 @@ the Python installation, then builds a phased mixture with replay and a conditio
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,17 @@ import pytest
 
 from curation.corpus import CorpusConfig, DomainCap, build_corpus
 from curation.filters import DedupConfig, FilterConfig, build_filtered
-from curation.mixture import MixtureConfig, PhaseConfig, ReplayConfig, build_mixture, resolve_phases
+from curation.mixture import (
+    Document,
+    DocumentCycler,
+    MixtureConfig,
+    PhaseConfig,
+    ReplayConfig,
+    build_mixture,
+    interleave,
+    resolve_phases,
+    split_long,
+)
 from curation.packing import REPLAY_STREAM, PackedStream, StreamIndex
 from curation.tokenizer import EOS, TokenizerConfig, load_tokenizer, train_tokenizer
 
@@ -30,7 +41,7 @@ def phased_config(**overrides) -> MixtureConfig:
         phases=[PhaseConfig(name="main", fraction=0.8),
                 PhaseConfig(name="cooldown", fraction=0.2, weights={"python": 0.3, "data": 0.7}, condition=False)],
         replay=ReplayConfig(fraction=0.15, weights={"license": 1, "code": 1}),
-        source_template=TEMPLATE, train_tokens=800_000, **overrides,
+        source_template=TEMPLATE, train_tokens=800_000, max_doc_tokens=0, **overrides,
     )
 
 
@@ -99,6 +110,29 @@ def test_documents_are_whole_and_conditioned_only_in_their_phase(built: Built) -
     shard = np.fromfile(built.out / "shards" / domain / "train.bin", np.uint32).tobytes()
     body = tokens[index.doc_prefix[first_main]: index.doc_offsets[1]].tobytes()
     assert body in shard  # the document itself, unchanged after its prefix
+
+
+def test_a_long_document_cannot_hold_its_domain_back() -> None:
+    """A domain whose next document alone exceeds a small budget gets its share once long documents are pieces."""
+    rng = np.random.default_rng(0)
+    big = [Document(np.arange(40_000, dtype=np.uint32), "big.json")]
+    small = [Document(rng.integers(0, 99, 300, dtype=np.uint32), f"s{i}.json") for i in range(200)]
+    pieces = split_long(big, 1000)
+    assert [len(p.tokens) for p in pieces] == [1000] * 40
+    assert np.concatenate([p.tokens for p in pieces]).tolist() == list(range(40_000))  # consecutive, nothing lost
+
+    def data_share(data_docs: list[Document]) -> float:
+        lengths = {"data": [len(d.tokens) for d in data_docs], "code": [len(d.tokens) for d in small]}
+        # Fresh cyclers with seed 1 put the big document first in the data domain's order.
+        cyclers = {"data": DocumentCycler(len(data_docs), random.Random(1)),
+                   "code": DocumentCycler(len(small), random.Random(1))}
+        cyclers["data"].order.sort(key=lambda i: -lengths["data"][i])
+        picks = interleave(lengths, {"data": 0.3, "code": 0.7}, 20_000, cyclers)
+        total = sum(lengths[d][i] for d, i in picks)
+        return sum(lengths[d][i] for d, i in picks if d == "data") / total
+
+    assert data_share([*big, *small]) < 0.05  # whole: the 40k-token file blocks its domain
+    assert abs(data_share(split_long([*big, *small], 1000)) - 0.3) < 0.02
 
 
 def test_temperature_flattens_natural_shares() -> None:
