@@ -98,6 +98,11 @@ def test_resumed_scheduler_continues_the_schedule() -> None:
     assert lrs(resumed) == pytest.approx([0.5 * 0.1] * 2)  # the end of the schedule: min_lr_ratio * lr
 
 
+def test_a_run_shorter_than_its_warmup_warms_up_throughout() -> None:
+    s = Schedule.from_train(TrainConfig(steps=8))  # the default warmup is 20 steps
+    assert s.warmup_steps == 8 and factors(s)[7] == 1.0
+
+
 def test_bad_names_list_the_choices() -> None:
     with pytest.raises(ValueError, match="cosine, linear, wsd, constant"):
         Schedule("exponential", 10)
