@@ -22,7 +22,7 @@ from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
-from curation.documents import is_validation
+from curation.documents import is_validation, read_documents
 
 WORD = re.compile(r"\w+")
 MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant: the polynomial's base
@@ -76,11 +76,9 @@ def _eval_file_texts(pattern: str, text_field: str) -> Iterable[str]:
 def eval_texts(cfg: DecontaminationConfig, corpus_files: list[Path], validation_fraction: float) -> Iterable[str]:
     if cfg.use_validation_split and validation_fraction > 0:
         for path in corpus_files:
-            with fsspec.open(str(path), "rb", compression="infer") as lines:
-                for line in lines:
-                    record = orjson.loads(line)
-                    if is_validation(record["id"], validation_fraction):
-                        yield record["text"]
+            for record in read_documents(path):
+                if is_validation(record["id"], validation_fraction):
+                    yield record["text"]
     for pattern in cfg.eval_paths:
         yield from _eval_file_texts(pattern, cfg.eval_text_field)
 

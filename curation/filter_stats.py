@@ -11,9 +11,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import orjson
-
-from curation.documents import iter_document_files
+from curation.documents import iter_document_files, read_documents
 
 REPORT_DIR = "report"
 STATS_FILE = "filter_stats.json"
@@ -33,9 +31,7 @@ def length_bin(n_bytes: int) -> int:
 
 def _records(folder: Path):
     for path in iter_document_files(folder):
-        with open(path, "rb") as lines:
-            for line in lines:
-                yield orjson.loads(line)
+        yield from read_documents(path)
 
 
 def _size(record: dict) -> int:

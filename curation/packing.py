@@ -1,4 +1,4 @@
-"""Packed token streams: whole documents back to back, cut into windows of L + 1 tokens, served in a fixed order.
+"""Packed token streams: documents back to back, cut into windows of L + 1 tokens, served in a fixed order.
 
 A stream ``<name>.bin`` (uint32 tokens) has a sidecar ``<name>.index.npz`` that keeps what packing would lose:
 

@@ -22,7 +22,7 @@ from curation.filters import FilterConfig
 from curation.mixture import MixtureConfig
 from curation.tokenizer import TokenizerConfig
 from evaluation.perplexity import EvalConfig
-from training.config import ModelConfig, ParallelConfig, TrainConfig
+from training.config import INIT_MODES, ModelConfig, ParallelConfig, TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
@@ -60,8 +60,6 @@ class ParentConfig:
     # into a new output, e.g. a WSD cooldown of another length. Needs the parent's model, data and batch shape.
     mode: str = "weights"
 
-
-PARENT_MODES = ("weights", "weights_and_optimizer", "branch")
 
 
 @dataclass
@@ -112,8 +110,8 @@ def compose_experiment(overrides: list[str] | tuple[str, ...] = ()) -> tuple[Exp
             message += f"\n{error.__cause__}"
         raise ConfigError(f"Invalid experiment config: {message}{_valid_keys_hint(message)}") from None
     assert isinstance(experiment, ExperimentConfig)
-    if experiment.parent.mode not in PARENT_MODES:
-        raise ConfigError(f"parent.mode={experiment.parent.mode!r}; choose one of {', '.join(PARENT_MODES)}")
+    if experiment.parent.mode not in INIT_MODES:
+        raise ConfigError(f"parent.mode={experiment.parent.mode!r}; choose one of {', '.join(INIT_MODES)}")
     return experiment, composed
 
 
