@@ -86,11 +86,11 @@ def test_error_bars_are_the_seed_spread(tmp_path: Path, monkeypatch: pytest.Monk
         return real_plot(panels, *args)
 
     monkeypatch.setattr(compare_plots, "plot_final_by_setting", record)
-    comparison = build_comparison(sweep(), tmp_path, "docs sweep")
+    comparison = build_comparison(sweep()[::-1], tmp_path, "docs sweep")
     for metric in ("loss", "bits_per_byte"):
         for domain in DOMAIN_TOKENS:
             expected = []
-            for docs in (0.1, 0.3, 0.5):  # the numeric swept parameter is the x axis
+            for docs in (0.1, 0.3, 0.5):  # the numeric swept parameter is the x axis, in its order
                 finals = [make_arm(docs, seed).final[domain][metric] for seed in (0, 1, 2)]
                 expected.append((docs, np.mean(finals), np.std(finals, ddof=1)))
             assert np.allclose(drawn[metric][domain], expected, rtol=1e-12)
