@@ -52,6 +52,7 @@ class ReplayConfig:
 @dataclass
 class MixtureConfig:
     # Target share of training tokens per domain (normalized); domains left out are held out of training.
+    # Empty: every domain with training documents, in proportion to its training tokens.
     weights: dict[str, float] = field(default_factory=dict)
     # > 0: shares proportional to (domain training tokens) ** (1 / T) over the domains weights select; 0: weights.
     temperature: float = 0.0
@@ -151,14 +152,24 @@ def interleave(lengths: dict[str, list[int]], weights: dict[str, float], total: 
     return picks
 
 
+def missing_domains_error(key: str, missing: list[str], available: set[str], counted: str) -> ValueError:
+    """The error for weights that name domains without documents: which ones, which domains exist, the fix."""
+    example = ", ".join(f"{domain}: 1" for domain in sorted(available)[:3])
+    return ValueError(
+        f"{key} names domains with no {counted}: {missing}; domains with {counted}: {sorted(available)}. "
+        f"Give weights for those domains only, e.g. 'mixture.weights={{{example}}}' "
+        "(a mapping on the command line replaces the defaults), or 'mixture.weights={}' to mix every domain by "
+        "its token count")
+
+
 def normalized_weights(weights: dict[str, float], available: set[str], key: str = "mixture.weights") -> dict:
+    """The positive weights, summing to 1; every domain they name must have training tokens."""
     active = {d: float(w) for d, w in weights.items() if w > 0}
     if not active:
         raise ValueError(f"{key} gives no domain a positive weight; domains with data: {sorted(available)}")
     missing = sorted(set(active) - available)
     if missing:
-        raise ValueError(f"{key} names domains with no training documents: {missing}; "
-                         f"domains with data: {sorted(available)}")
+        raise missing_domains_error(key, missing, available, "training documents")
     total = sum(active.values())
     return {d: w / total for d, w in sorted(active.items())}
 
@@ -170,23 +181,57 @@ def temperature_weights(weights: dict[str, float], domain_tokens: dict[str, int]
     return {d: p / total for d, p in powered.items()}
 
 
+def _weights_key(phase: PhaseConfig) -> str:
+    """The config key of the weights a phase mixes by: its own, or mixture.weights."""
+    return f"mixture.phases[{phase.name}].weights" if phase.weights else "mixture.weights"
+
+
+def weight_settings(cfg: MixtureConfig) -> dict[str, dict[str, float]]:
+    """Every weights setting the mixture reads, by config key; an empty mixture.weights mixes by token counts."""
+    settings = {_weights_key(phase): phase.weights or cfg.weights for phase in cfg.phases or [PhaseConfig()]}
+    if cfg.replay.fraction:
+        settings["mixture.replay.weights"] = cfg.replay.weights
+    return settings
+
+
+def check_weight_domains(cfg: MixtureConfig, domains: dict[str, int], counted: str = "documents") -> None:
+    """Refuse weights for a domain without documents before anything is built.
+
+    ``domains``: documents per domain, as far as they are known (the corpus, or what the filter kept); a zero
+    weight may name an absent domain (it holds the domain out of training).
+    """
+    for key, weights in weight_settings(cfg).items():
+        missing = sorted(d for d, w in weights.items() if w > 0 and not domains.get(d))
+        if missing:
+            raise missing_domains_error(key, missing, {d for d, n in domains.items() if n}, counted)
+
+
 def resolve_phases(cfg: MixtureConfig, domain_tokens: dict[str, int]) -> list[tuple[PhaseConfig, dict[str, float]]]:
-    """Each phase with its normalized weights; checks names and fractions."""
+    """Each phase with its normalized weights; checks names and fractions.
+
+    Empty weights (a phase's and mixture.weights) mean every domain with training tokens, in proportion to its
+    tokens: temperature 1, or mixture.temperature when set.
+    """
     phases = cfg.phases or [PhaseConfig()]
     names = [p.name for p in phases]
     if len(set(names)) != len(names):
         raise ValueError(f"mixture.phases needs distinct names, got {names}")
     if any(p.fraction <= 0 for p in phases) or abs(sum(p.fraction for p in phases) - 1) > 1e-6:
         raise ValueError(f"mixture.phases fractions must be positive and sum to 1, got {[p.fraction for p in phases]}")
+    if not domain_tokens:
+        raise ValueError("no domain has training documents: the filter or the validation split took them all")
     resolved = []
     for phase in phases:
-        key = f"mixture.phases[{phase.name}].weights" if phase.weights else "mixture.weights"
-        weights = normalized_weights(phase.weights or cfg.weights, set(domain_tokens), key)
         temperature = cfg.temperature if phase.temperature is None else phase.temperature
         if temperature < 0:
             raise ValueError(f"mixture temperature must be >= 0 (0: use the weights), got {temperature}")
-        if temperature > 0:
-            weights = temperature_weights(weights, domain_tokens, temperature)
+        weights = phase.weights or cfg.weights
+        if not weights:
+            weights = temperature_weights(domain_tokens, domain_tokens, temperature or 1.0)
+        else:
+            weights = normalized_weights(weights, set(domain_tokens), _weights_key(phase))
+            if temperature > 0:
+                weights = temperature_weights(weights, domain_tokens, temperature)
         resolved.append((phase, weights))
     return resolved
 

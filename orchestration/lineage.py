@@ -14,6 +14,7 @@ from pathlib import Path
 
 from curation.corpus import source_signature
 from orchestration.config import ExperimentConfig, compose_experiment
+from orchestration.mixture_checks import check_mixture_domains
 from orchestration.store import Manifest, Store, fingerprint, flatten
 
 
@@ -192,6 +193,7 @@ def plan(cfg: ExperimentConfig, store: Store, depth: int = 0) -> list[PlanItem]:
             reason = _why_new(spec, config, code, earlier, upstream)
             items[spec.name] = PlanItem(spec.name, "run", reason, fp, estimated_seconds=estimate,
                                         config=config, code_version=code, upstream=upstream)
+    check_mixture_domains(cfg, items["corpus"].manifest, items["filtered"].manifest)
     return list(items.values())
 
 
