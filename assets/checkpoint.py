@@ -9,13 +9,13 @@ import json
 import tempfile
 from pathlib import Path
 
-from dagster import AssetExecutionContext, MaterializeResult, PipesSubprocessClient, RetryPolicy, asset
+from dagster import PipesSubprocessClient
 
 from curation.packing import consumed_ledger
 from evaluation.perplexity import list_checkpoints
 from evaluation.plots import plot_curves
 from orchestration.config import REPO_ROOT
-from orchestration.resources import LabResource, StageResult, StageRun
+from orchestration.resources import StageResult, StageRun
 from training.config import InitConfig
 from training.job import TrainJob, launch_command
 from training.schedules import plot_schedule
@@ -61,10 +61,3 @@ def build(run: StageRun) -> StageResult:
          "tokens_per_second": summary["tokens_per_second"]},
         artifacts=["loss_curve.png", "lr_schedule.png", "train_summary.json", "checkpoint_ledger.json"],
     )
-
-
-# One retry: a killed run resumes from its last checkpoint instead of failing the Dagster run.
-@asset(deps=["tokenizer", "mixed"], group_name="lineage", retry_policy=RetryPolicy(max_retries=1),
-       description="TorchTitan training (torchrun, FSDP over gloo on CPU) with DCP checkpoints.")
-def checkpoint(context: AssetExecutionContext, lab: LabResource) -> MaterializeResult:
-    return lab.materialize(context, "checkpoint", build)

@@ -1,9 +1,9 @@
 """``corpus``: documents from the configured source (the Python installation by default)."""
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import MetadataValue
 
 from curation.corpus import build_corpus
-from orchestration.resources import LabResource, StageResult, StageRun
+from orchestration.resources import StageResult, StageRun
 
 
 def build(run: StageRun) -> StageResult:
@@ -13,8 +13,3 @@ def build(run: StageRun) -> StageResult:
     )
     return StageResult(stats, {"documents": stats["documents"], "domains": MetadataValue.md(table),
                                "quarantined": MetadataValue.json(stats["quarantined"])})
-
-
-@asset(group_name="lineage", description="Documents with domain, relative source path and size.")
-def corpus(context: AssetExecutionContext, lab: LabResource) -> MaterializeResult:
-    return lab.materialize(context, "corpus", build)

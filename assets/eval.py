@@ -7,11 +7,11 @@ the early rise and recovery (the stability gap) and the forgetting on the parent
 
 import json
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import MetadataValue
 
 from evaluation.perplexity import ValSplit, evaluate_checkpoint, list_checkpoints
 from evaluation.plots import plot_curves
-from orchestration.resources import LabResource, StageResult, StageRun
+from orchestration.resources import StageResult, StageRun
 
 
 def build(run: StageRun) -> StageResult:
@@ -44,9 +44,3 @@ def build(run: StageRun) -> StageResult:
         for d, r in stats.items()
     )
     return StageResult(stats, {"per_domain": MetadataValue.md(table)}, artifacts=["eval.json", "val_loss.png"])
-
-
-@asset(deps=["mixed", "checkpoint"], group_name="lineage",
-       description="Per-domain validation loss and bits-per-byte at every checkpoint, from where training started.")
-def eval(context: AssetExecutionContext, lab: LabResource) -> MaterializeResult:  # noqa: A001
-    return lab.materialize(context, "eval", build)

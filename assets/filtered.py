@@ -1,10 +1,10 @@
 """``filtered``: per-domain rule sets, decontamination and dedup on datatrove; kept and rejected sets side by side."""
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import MetadataValue
 
 from curation.filter_stats import plot_filter_report
 from curation.filters import build_filtered
-from orchestration.resources import LabResource, StageResult, StageRun
+from orchestration.resources import StageResult, StageRun
 
 
 def build(run: StageRun) -> StageResult:
@@ -21,10 +21,3 @@ def build(run: StageRun) -> StageResult:
                                "cluster_sizes": MetadataValue.json(stats["cluster_sizes"]),
                                "report": MetadataValue.json({"files": artifacts})},
                        artifacts=artifacts)
-
-
-@asset(deps=["corpus"], group_name="lineage",
-       description="Rule sets per domain, n-gram decontamination, exact and MinHash near dedup with cluster sizes; "
-                   "the reject set kept as data.")
-def filtered(context: AssetExecutionContext, lab: LabResource) -> MaterializeResult:
-    return lab.materialize(context, "filtered", build)

@@ -2,11 +2,11 @@
 
 import base64
 
-from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster import MetadataValue
 
 from curation.ledger import ledger_markdown
 from curation.mixture import build_mixture
-from orchestration.resources import LabResource, StageResult, StageRun
+from orchestration.resources import StageResult, StageRun
 
 
 def build(run: StageRun) -> StageResult:
@@ -17,9 +17,3 @@ def build(run: StageRun) -> StageResult:
     metadata = {"tokens": stats["stream_tokens"], "ledger": MetadataValue.md(ledger_markdown(stats["ledger"])),
                 "ledger_plot": MetadataValue.md(f"![ledger](data:image/png;base64,{plot})")}
     return StageResult(stats, metadata, artifacts=["mixture.json", "ledger.png"])
-
-
-@asset(deps=["filtered", "tokenizer"], group_name="lineage",
-       description="Token shards per domain and split; the phased training stream (and replay) with its ledger.")
-def mixed(context: AssetExecutionContext, lab: LabResource) -> MaterializeResult:
-    return lab.materialize(context, "mixed", build)

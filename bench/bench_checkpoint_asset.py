@@ -25,7 +25,8 @@ from pathlib import Path
 from dagster import AssetKey, DagsterInstance, materialize
 
 from orchestration.cli import prepare_dagster_home
-from orchestration.config import compose_experiment, lab_home
+from orchestration.compose import compose_experiment
+from orchestration.config import lab_home
 from orchestration.definitions import versioned_assets
 from orchestration.lineage import plan
 from orchestration.resources import LabResource

@@ -37,13 +37,14 @@ from datatrove.pipeline.filters import GopherQualityFilter  # noqa: E402
 from datatrove.pipeline.readers import JsonlReader  # noqa: E402
 from datatrove.pipeline.writers import JsonlWriter  # noqa: E402
 
+from curation.config import FilterConfig
 from curation.corpus import build_corpus  # noqa: E402
 from curation.decontamination import NGramDecontamination, build_index, eval_texts  # noqa: E402
 from curation.dedup import exact_config, minhash_config  # noqa: E402
 from curation.documents import DOCUMENTS_FILE, read_documents  # noqa: E402
-from curation.filters import CORPUS_GLOB, FilterConfig, build_filtered, rule_steps  # noqa: E402
+from curation.filters import CORPUS_GLOB, build_filtered, rule_steps
 from curation.word_tokenizer import RegexWordTokenizer, word_tokenizer  # noqa: E402
-from orchestration.config import compose_experiment  # noqa: E402
+from orchestration.compose import compose_experiment  # noqa: E402
 
 
 def plain_datatrove(cfg: FilterConfig, corpus: Path, out: Path, validation_fraction: float) -> None:

@@ -20,10 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curation.corpus import CorpusConfig, DomainCap, build_corpus  # noqa: E402
+from curation.config import CorpusConfig, DomainCap, MixtureConfig, TokenizerConfig
+from curation.corpus import build_corpus
 from curation.documents import DOCUMENTS_FILE, iter_document_files, read_documents  # noqa: E402
-from curation.mixture import MixtureConfig, encode_documents  # noqa: E402
-from curation.tokenizer import EOS, TokenizerConfig, load_tokenizer, train_tokenizer  # noqa: E402
+from curation.mixture import encode_documents
+from curation.tokenizer import EOS, load_tokenizer, train_tokenizer
 
 
 def embedded_documents(folder: Path) -> tuple[Path, Path]:

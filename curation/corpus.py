@@ -16,11 +16,11 @@ import os
 import sysconfig
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import fsspec
 
+from curation.config import CorpusConfig
 from curation.documents import DOCUMENTS_FILE, QUARANTINE_FILE, Quarantine, make_document, write_documents
 
 # Domain of a file by its name. Order matters: license files are matched by name before their extension.
@@ -32,31 +32,6 @@ EXTENSION_DOMAINS = {
     "data": (".json", ".csv", ".toml", ".yaml", ".yml", ".cfg", ".ini", ".xml"),
 }
 SKIPPED_DIRS = {"__pycache__", ".git", "node_modules"}
-
-
-@dataclass
-class DomainCap:
-    max_docs: int = 500
-    max_bytes: int = 5_000_000
-
-
-@dataclass
-class CorpusConfig:
-    """Where documents come from. ``source``: ``python_env`` (embedded default), ``jsonl`` or ``parquet``."""
-
-    source: str = "python_env"
-    # python_env: which parts of the installation to read.
-    roots: list[str] = field(default_factory=lambda: ["stdlib", "site-packages"])
-    domains: dict[str, DomainCap] = field(default_factory=dict)
-    # Every source: a larger document (a JSONL line, for jsonl) is quarantined as "oversize" (python_env: skipped).
-    max_doc_bytes: int = 2_000_000
-    # jsonl / parquet: files or globs, local or s3://, and the field names to read.
-    paths: list[str] = field(default_factory=list)
-    text_field: str = "text"
-    id_field: str = "id"
-    domain_field: str = "domain"
-    default_domain: str = "web"
-    storage_options: dict[str, str] = field(default_factory=dict)
 
 
 def python_env_roots() -> dict[str, Path]:
@@ -80,17 +55,22 @@ def _path_rank(relative: str) -> str:
     return hashlib.sha256(relative.encode()).hexdigest()
 
 
-def scan_python_env(cfg: CorpusConfig) -> dict[str, list[tuple[str, Path]]]:
-    """Candidate files per domain as (relative source, absolute path), in hash order, before any caps."""
+def configured_roots(cfg: CorpusConfig) -> dict[str, Path]:
+    """The installation roots ``corpus.roots`` names, checked."""
     known_roots = python_env_roots()
     unknown = sorted(set(cfg.roots) - set(known_roots))
     if unknown:
         raise ValueError(f"corpus.roots has unknown entries {unknown}; valid: {sorted(known_roots)}")
+    missing = [name for name in cfg.roots if not known_roots[name].is_dir()]
+    if missing:
+        raise FileNotFoundError(f"Python installation roots {missing} not found")
+    return {name: known_roots[name] for name in cfg.roots}
+
+
+def scan_python_env(cfg: CorpusConfig) -> dict[str, list[tuple[str, Path]]]:
+    """Candidate files per domain as (relative source, absolute path), in hash order, before any caps."""
     candidates: dict[str, list[tuple[str, Path]]] = {d: [] for d in cfg.domains}
-    for root_name in cfg.roots:
-        root = known_roots[root_name]
-        if not root.is_dir():
-            raise FileNotFoundError(f"Python installation root '{root_name}' not found at {root}")
+    for root_name, root in configured_roots(cfg).items():
         for dirpath, dirnames, filenames in os.walk(root):
             # "~name": a package pip is uninstalling right now (it renames before it deletes).
             dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS and not d.startswith("~"))
@@ -237,13 +217,13 @@ def source_signature(cfg: CorpusConfig) -> str:
     """A cheap hash of what the source holds now, so the cache notices when the input changes under it."""
     digest = hashlib.sha256()
     if cfg.source == "python_env":
-        for domain, files in scan_python_env(cfg).items():
-            for relative, path in files:
-                try:
-                    size = path.stat().st_size
-                except FileNotFoundError:  # removed since the scan (a pip uninstall next door)
-                    size = -1
-                digest.update(f"{domain}\0{relative}\0{size}\n".encode())
+        # The installation's top-level entries: every installed distribution is there by name and version
+        # (`<name>-<version>.dist-info`), so installing, removing or upgrading a package changes the signature.
+        # Listing them takes milliseconds where walking every file took seconds (plans of many arms ask often).
+        # A file edited in place under site-packages goes unnoticed: reinstall the package instead.
+        for root_name, root in configured_roots(cfg).items():
+            entries = sorted(name for name in os.listdir(root) if not name.startswith("~"))
+            digest.update(f"{root_name}\0{chr(0).join(entries)}\n".encode())
     else:
         for fs, path in _expand(cfg.paths, cfg.storage_options):
             info = fs.info(path)

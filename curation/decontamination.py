@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import fsspec
@@ -22,25 +21,11 @@ from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
+from curation.config import DecontaminationConfig
 from curation.documents import is_validation, read_documents
 
 WORD = re.compile(r"\w+")
 MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant: the polynomial's base
-
-
-@dataclass
-class DecontaminationConfig:
-    enabled: bool = True
-    # Words per n-gram (13 as in GPT-3 and OLMo's decontamination).
-    ngram_size: int = 13
-    # Drop a training document when at least this share of its n-grams occur in the eval texts. A share, not "any":
-    # license headers and boilerplate shared with one eval file must not take every file that carries them.
-    max_overlap: float = 0.5
-    # Use the corpus's validation split (by document hash) as eval texts.
-    use_validation_split: bool = True
-    # Extra eval texts: JSONL files or globs (local or any fsspec URL), one text per line in ``eval_text_field``.
-    eval_paths: list[str] = field(default_factory=list)
-    eval_text_field: str = "text"
 
 
 def ngram_hashes(text: str, n: int) -> np.ndarray:

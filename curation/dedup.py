@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import struct
 from collections import defaultdict
-from dataclasses import dataclass
 from functools import partial
 
 from datatrove.data import Document, DocumentsPipeline
@@ -27,19 +26,8 @@ from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
 from datatrove.pipeline.dedup.minhash import MinhashConfig
 from datatrove.utils.binaryio import read_tuples_from_file
 
+from curation.config import DedupConfig
 from curation.documents import is_validation
-
-
-@dataclass
-class DedupConfig:
-    exact: bool = True
-    near: bool = True
-    # MinHash: words per shingle, LSH bands and rows per band (datatrove's names). A pair of Jaccard similarity s is
-    # found with probability 1 - (1 - s^rows)^bands: about 0.92 at s=0.8 with 14 x 8.
-    ngram_size: int = 5
-    num_buckets: int = 14
-    hashes_per_bucket: int = 8
-    seed: int = 1
 
 
 def exact_text(doc: Document) -> str:

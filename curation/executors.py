@@ -13,43 +13,14 @@ import importlib.util
 import io
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
 from datatrove.executor.base import PipelineExecutor
 from datatrove.executor.ray import RayPipelineExecutor
 
-
-@dataclass
-class SlurmOptions:
-    partition: str = ""  # required for kind=slurm
-    time: str = "04:00:00"  # per-task limit, sbatch --time
-    cpus_per_task: int = 1
-    mem_per_cpu_gb: int = 2
-    qos: str = "normal"
-    job_name: str = "lab-curation"
-    # Shell line that makes this project importable on the nodes, e.g. "source /shared/venv/bin/activate".
-    env_command: str = ""
-    sbatch_args: dict[str, str] = field(default_factory=dict)
-    # How often to look whether the submitted chain has finished (the stage waits for its outputs).
-    poll_seconds: float = 30.0
-    timeout_hours: float = 48.0
-
-
-@dataclass
-class RayOptions:
-    # Ray cluster to join ("auto", "ray://host:10001"); empty: a local Ray started on demand.
-    address: str = ""
-    cpus_per_task: int = 1
-    mem_per_cpu_gb: float = 2.0
-
-
-@dataclass
-class ExecutorConfig:
-    kind: str = "local"  # local | slurm | ray
-    slurm: SlurmOptions = field(default_factory=SlurmOptions)
-    ray: RayOptions = field(default_factory=RayOptions)
+from curation.config import ExecutorConfig
 
 
 @dataclass

@@ -19,7 +19,6 @@ datatrove's step statistics; every input document is accounted for as kept or re
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from datatrove.data import Document, DocumentsPipeline
@@ -44,9 +43,10 @@ from curation.code_filters import (
     MinifiedFilter,
     PythonSyntaxFilter,
 )
-from curation.decontamination import DecontaminationConfig, NGramDecontamination, build_index, eval_texts
-from curation.dedup import DedupConfig, DuplicateCounts, ExactSizes, exact_config, minhash_config
-from curation.executors import ExecutorConfig, Stage, run_chain
+from curation.config import FilterConfig
+from curation.decontamination import NGramDecontamination, build_index, eval_texts
+from curation.dedup import DuplicateCounts, ExactSizes, exact_config, minhash_config
+from curation.executors import Stage, run_chain
 from curation.filter_stats import collect_stats, count_lines
 from curation.word_tokenizer import word_tokenizer
 
@@ -57,63 +57,6 @@ RULE_SETS = {
     "code": ("minified", "alnum_ratio", "generated"),
     "python": ("python_syntax", "lint_score"),
 }
-
-
-@dataclass
-class ProseRules:
-    """Gopher quality / repetition and FineWeb thresholds for natural-language documents."""
-
-    min_doc_words: int = 50
-    max_doc_words: int = 100_000
-    min_avg_word_length: int = 3
-    max_avg_word_length: int = 10
-    max_symbol_word_ratio: float = 0.1
-    max_bullet_lines_ratio: float = 0.9
-    max_non_alpha_words_ratio: float = 0.8
-    min_stop_words: int = 2
-    dup_line_frac: float = 0.3
-    dup_para_frac: float = 0.3
-    line_punct_thr: float = 0.12
-    short_line_thr: float = 0.67
-    char_duplicates_ratio: float = 0.01
-    new_line_ratio: float = 0.3
-
-
-@dataclass
-class CodeRules:
-    # Minified: any line longer than max_line_chars, or more characters per line than max_chars_per_line in a file
-    # of minified_min_chars or more.
-    max_line_chars: int = 1000
-    max_chars_per_line: float = 100.0
-    minified_min_chars: int = 200
-    min_alnum_ratio: float = 0.25
-    generated_header_lines: int = 10
-    # Python: pylint-style score out of 10 (curation.code_filters.lint_score); SwallowCode keeps pylint >= 7.
-    min_lint_score: float = 6.0
-    lint_max_line_chars: int = 100
-
-
-def _default_domain_rules() -> dict[str, list[str]]:
-    return {"docs": ["prose"], "license": ["prose"], "web": ["prose"],
-            "python": ["code", "python"], "code": ["code"], "data": ["code"]}
-
-
-@dataclass
-class FilterConfig:
-    # Rule sets (keys of curation.filters.RULE_SETS) per domain; a domain not listed gets default_rule_sets.
-    domain_rules: dict[str, list[str]] = field(default_factory=_default_domain_rules)
-    default_rule_sets: list[str] = field(default_factory=lambda: ["prose"])
-    prose: ProseRules = field(default_factory=ProseRules)
-    code: CodeRules = field(default_factory=CodeRules)
-    decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
-    dedup: DedupConfig = field(default_factory=DedupConfig)
-    # Word splitting for Gopher, FineWeb and MinHash: regex (curation.word_tokenizer) or spacy (datatrove's default,
-    # about 9x slower on the demo corpus).
-    word_tokenizer: str = "regex"
-    # How many tasks run at once (local processes, Slurm array tasks, Ray tasks). Speed only: not fingerprinted.
-    workers: int = 1
-    # Where the tasks run. Speed only: not fingerprinted.
-    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
 
 class ForDomains(BaseFilter):

@@ -20,52 +20,20 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
 
+from curation.config import MixtureConfig, PhaseConfig, ReplayConfig
 from curation.documents import is_validation, iter_document_files, read_documents
 from curation.ledger import ledger_plot, stream_ledger
 from curation.packing import REPLAY_STREAM, TOKEN_DTYPE, StreamIndex
 from curation.tokenizer import EOS, load_tokenizer
+from curation.weights import missing_domains_error, weights_key
 
 TRAIN_STREAM = "train_stream.bin"
-
-
-@dataclass
-class PhaseConfig:
-    name: str = "main"
-    fraction: float = 1.0  # share of the training tokens; phases are trained in the order listed
-    weights: dict[str, float] = field(default_factory=dict)  # empty: mixture.weights
-    temperature: float | None = None  # None: mixture.temperature
-    condition: bool = True  # prepend mixture.source_template (if set); false gives a plain (MeCo) cooldown
-
-
-@dataclass
-class ReplayConfig:
-    fraction: float = 0.0  # share of the rows of every global batch drawn from the replay mixture
-    weights: dict[str, float] = field(default_factory=dict)  # the replay mixture, e.g. the "old corpus" domains
-
-
-@dataclass
-class MixtureConfig:
-    # Target share of training tokens per domain (normalized); domains left out are held out of training.
-    # Empty: every domain with training documents, in proportion to its training tokens.
-    weights: dict[str, float] = field(default_factory=dict)
-    # > 0: shares proportional to (domain training tokens) ** (1 / T) over the domains weights select; 0: weights.
-    temperature: float = 0.0
-    phases: list[PhaseConfig] = field(default_factory=list)  # empty: one phase "main" with the weights above
-    replay: ReplayConfig = field(default_factory=ReplayConfig)
-    # MeCo source conditioning, e.g. "source: {domain}/{source}\n"; empty: none.
-    source_template: str = ""
-    train_tokens: int = 2_000_000  # main stream plus replay; size it to train.steps * global batch * seq_len
-    # Training documents longer than this are mixed as pieces of at most this many tokens (each piece starts an
-    # attention document), so one long file cannot hold its domain back from its share; 0: never split.
-    max_doc_tokens: int = 4096
-    seed: int = 0
-    encode_batch_size: int = 256
 
 
 @dataclass
@@ -152,16 +120,6 @@ def interleave(lengths: dict[str, list[int]], weights: dict[str, float], total: 
     return picks
 
 
-def missing_domains_error(key: str, missing: list[str], available: set[str], counted: str) -> ValueError:
-    """The error for weights that name domains without documents: which ones, which domains exist, the fix."""
-    example = ", ".join(f"{domain}: 1" for domain in sorted(available)[:3])
-    return ValueError(
-        f"{key} names domains with no {counted}: {missing}; domains with {counted}: {sorted(available)}. "
-        f"Give weights for those domains only, e.g. 'mixture.weights={{{example}}}' "
-        "(a mapping on the command line replaces the defaults), or 'mixture.weights={}' to mix every domain by "
-        "its token count")
-
-
 def normalized_weights(weights: dict[str, float], available: set[str], key: str = "mixture.weights") -> dict:
     """The positive weights, summing to 1; every domain they name must have training tokens."""
     active = {d: float(w) for d, w in weights.items() if w > 0}
@@ -179,31 +137,6 @@ def temperature_weights(weights: dict[str, float], domain_tokens: dict[str, int]
     powered = {d: domain_tokens[d] ** (1.0 / temperature) for d in weights}
     total = sum(powered.values())
     return {d: p / total for d, p in powered.items()}
-
-
-def _weights_key(phase: PhaseConfig) -> str:
-    """The config key of the weights a phase mixes by: its own, or mixture.weights."""
-    return f"mixture.phases[{phase.name}].weights" if phase.weights else "mixture.weights"
-
-
-def weight_settings(cfg: MixtureConfig) -> dict[str, dict[str, float]]:
-    """Every weights setting the mixture reads, by config key; an empty mixture.weights mixes by token counts."""
-    settings = {_weights_key(phase): phase.weights or cfg.weights for phase in cfg.phases or [PhaseConfig()]}
-    if cfg.replay.fraction:
-        settings["mixture.replay.weights"] = cfg.replay.weights
-    return settings
-
-
-def check_weight_domains(cfg: MixtureConfig, domains: dict[str, int], counted: str = "documents") -> None:
-    """Refuse weights for a domain without documents before anything is built.
-
-    ``domains``: documents per domain, as far as they are known (the corpus, or what the filter kept); a zero
-    weight may name an absent domain (it holds the domain out of training).
-    """
-    for key, weights in weight_settings(cfg).items():
-        missing = sorted(d for d, w in weights.items() if w > 0 and not domains.get(d))
-        if missing:
-            raise missing_domains_error(key, missing, {d for d, n in domains.items() if n}, counted)
 
 
 def resolve_phases(cfg: MixtureConfig, domain_tokens: dict[str, int]) -> list[tuple[PhaseConfig, dict[str, float]]]:
@@ -229,7 +162,7 @@ def resolve_phases(cfg: MixtureConfig, domain_tokens: dict[str, int]) -> list[tu
         if not weights:
             weights = temperature_weights(domain_tokens, domain_tokens, temperature or 1.0)
         else:
-            weights = normalized_weights(weights, set(domain_tokens), _weights_key(phase))
+            weights = normalized_weights(weights, set(domain_tokens), weights_key(phase))
             if temperature > 0:
                 weights = temperature_weights(weights, domain_tokens, temperature)
         resolved.append((phase, weights))

@@ -8,22 +8,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from curation.config import TokenizerConfig
 from curation.documents import is_validation, iter_document_files, read_documents
 
 BOS, EOS = "<|begin_of_text|>", "<|end_of_text|>"
-
-
-@dataclass
-class TokenizerConfig:
-    vocab_size: int = 4096
-    min_frequency: int = 2
-    # Cap on the training text: BPE merges converge long before a large corpus is exhausted.
-    max_train_bytes: int = 50_000_000
 
 
 def training_texts(filtered_kept: Path, cfg: TokenizerConfig, validation_fraction: float) -> Iterator[str]:

@@ -17,16 +17,10 @@ import torch.distributed.checkpoint as dcp
 import torch.nn.functional as F
 from torch import nn
 
+from evaluation.config import EvalConfig
 from kernels.attention import attention_backend
 from training.config import ModelConfig
 from training.model import llama3_model_config
-
-
-@dataclass
-class EvalConfig:
-    seq_len: int = 256
-    batch_size: int = 8
-    max_tokens_per_domain: int = 262144  # predicted tokens per domain, at most
 
 
 @dataclass

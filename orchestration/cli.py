@@ -1,8 +1,12 @@
 """``lab``: the command line. Hydra overrides in, Dagster materializations out.
 
-    lab plan     [overrides]        what would re-materialize, and why
-    lab materialize [-m] [overrides] materialize what is stale through the Dagster instance (-m: Hydra sweep)
-    lab pull                        dvc pull every recorded output into the lab home
+    lab plan        [-m] [overrides]   what would re-materialize, and why
+    lab materialize [-m] [--name N] [--baseline ARM] [overrides]
+                                       record the experiment (-m: a Hydra sweep, one arm per combination) and
+                                       materialize what is stale through the lab's Dagster instance
+    lab experiments                    every known experiment, arm by arm: materialized, stale (why) or running
+    lab report EXPERIMENT              the experiment's comparison table and where its plots are
+    lab pull                           dvc pull every recorded output into the lab home
 """
 
 from __future__ import annotations
@@ -14,9 +18,18 @@ import sys
 import time
 from pathlib import Path
 
-from orchestration.config import REPO_ROOT, ConfigError, ExperimentConfig, compose_experiment, lab_home
-from orchestration.lineage import PlanItem, plan, resolve_parent
-from orchestration.store import Store
+from orchestration.config import REPO_ROOT, ConfigError, default_lab_home, load_experiment
+from orchestration.experiments import (
+    Arm,
+    Experiment,
+    default_name,
+    find_experiment,
+    known_experiments,
+    record,
+    slug,
+    sweep_arms,
+)
+from orchestration.lineage import PlanItem, resolve_parent
 
 UI_HINT = """Look at the results:
   make ui      Dagster UI on http://127.0.0.1:3000 (lineage, staleness, metadata), MLflow UI on http://127.0.0.1:5000
@@ -41,13 +54,30 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
     return [run for batch in BasicSweeper.split_arguments(parsed, max_batch_size=None) for run in batch]
 
 
+def as_experiment(overrides: list[str], multirun: bool, name: str, baseline: str) -> Experiment:
+    """The experiment these overrides launch: a known one with the same config, or a new one to record."""
+    runs = expand_sweep(overrides) if multirun else [overrides]
+    configs = [load_experiment(run) for run in runs]  # a wrong override fails here, before anything runs
+    if len(runs) == 1 and not name:
+        for known in known_experiments(default_lab_home()):
+            if len(known.arms) == 1 and load_experiment(known.arms[0].overrides) == configs[0]:
+                return known
+    axes, arms = sweep_arms(overrides, runs) if len(runs) > 1 else ({}, [Arm("", runs[0])])
+    experiment = Experiment(name or default_name(overrides, configs[0].name), arms, axes=axes, baseline=baseline)
+    if len(arms) == 1:
+        arms[0].name = experiment.name
+    if baseline and baseline not in {arm.name for arm in arms}:
+        raise ConfigError(f"--baseline {baseline!r} is not an arm; arms: {', '.join(a.name for a in arms)}")
+    return experiment
+
+
 def print_plan(items: list[PlanItem]) -> None:
     for item in items:
         cost = f"~{item.estimated_seconds:.0f} s" if item.action == "run" and item.estimated_seconds else ""
         print(f"  {item.stage:<11} {item.action:<6} {cost:>7} {item.fingerprint or '(pending)':<17} {item.reason}")
     known = [i.estimated_seconds for i in items if i.action == "run" and i.estimated_seconds]
     if known:
-        print(f"  estimated: ~{sum(known):.0f} s, from the last build of each stage that will run")
+        print(f"  estimated: ~{sum(known):.0f} s, from the nearest earlier build of each stage that will run")
 
 
 def summary_line(item: PlanItem) -> str:
@@ -58,7 +88,7 @@ def summary_line(item: PlanItem) -> str:
             " ".join(f"{d} {r['bits_per_byte']:.2f}" for d, r in stats.items())
     elif item.stage == "checkpoint":
         detail = f"loss {stats.get('first_loss', 0):.3f} -> {stats.get('final_loss', 0):.3f}, " \
-                 f"{stats.get('tokens_per_second', 0):,.0f} tokens/s"
+                 f"{stats.get('tokens_per_second') or 0:,.0f} tokens/s"
     elif item.stage == "mixed":
         detail = f"{stats.get('stream_tokens', 0):,} training tokens"
     elif item.stage == "tokenizer":
@@ -69,79 +99,128 @@ def summary_line(item: PlanItem) -> str:
     return f"  {item.stage:<11} {detail:<60} fp {item.fingerprint}  mlflow {mlflow_run}"
 
 
-def materialize_one(overrides: list[str]) -> bool:
-    from dagster import AssetKey, DagsterInstance, materialize
+def materialize_experiment(experiment: Experiment) -> bool:
+    from dagster import DagsterInstance
 
-    from orchestration.definitions import versioned_assets
-    from orchestration.resources import LabResource
+    from orchestration import runner
+    from orchestration.graph import REPORT, build_graph
+    from orchestration.lab import lab_for
+    from orchestration.webserver import reload_running_webserver
 
-    cfg, _ = compose_experiment(overrides)
-    store = Store(lab_home(cfg) / "store")
-    prepare_dagster_home(lab_home(cfg))
-    parent = resolve_parent(cfg, store)
-    if parent is not None and parent.manifest is None:
-        print(f"Materializing the parent experiment first: {' '.join(parent.overrides)}")
-        if not materialize_one(parent.overrides):
-            return False
-    before = plan(cfg, store)
-    stale = [item.stage for item in before if item.action == "run"]
-    if parent is not None and stale:
-        stale.insert(0, "parent_checkpoint")
-    print(f"Experiment '{cfg.name}' {' '.join(overrides)}\nPlan:")
-    print_plan(before)
-    started, run_id = time.time(), ""
-    if stale:
-        result = materialize(
-            versioned_assets(overrides), selection=[AssetKey(name) for name in stale],
-            instance=DagsterInstance.get(), resources={"lab": LabResource(overrides=overrides)},
-            tags={"lab/experiment": cfg.name}, raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-        )
-        if not result.success:
-            print(f"\nDagster run {result.run_id} failed; see the step logs above or in `make ui`.", file=sys.stderr)
-            return False
-        run_id = result.run_id
-    report(cfg, store, run_id, time.time() - started)
-    return True
+    home = default_lab_home()
+    prepare_dagster_home(home)
+    for arm in experiment.arms:  # parents first: a child's plan needs the parent's checkpoint
+        parent = resolve_parent(lab_for(arm.overrides).cfg, lab_for(arm.overrides).store)
+        if parent is not None and parent.manifest is None:
+            print(f"Materializing the parent experiment first: {' '.join(parent.overrides)}")
+            if not materialize_experiment(as_experiment(parent.overrides, False, "", "")):
+                return False
+    if experiment.source == "lab":
+        record(home, experiment)
+    if reload_running_webserver(home):
+        print("The Dagster UI reloaded its definitions: the experiment's arms are there.")
+    closed = runner.close_dead_runs(DagsterInstance.get())
+    if closed:
+        print(f"Closed {len(closed)} run(s) whose process had died: {', '.join(closed)}")
+    started = time.time()
+    graph = build_graph(known_experiments(home))
+    stale = runner.stale_keys(graph, experiment)
+    for arm in experiment.arms:
+        print(f"\nExperiment '{experiment.name}', arm '{arm.name}': {' '.join(arm.overrides)}")
+        print_plan(lab_for(arm.overrides).plan())
+    shared, own = runner.split_shared(stale)
+    ok = runner.execute(graph, runner.Selection(runner.order_keys(shared), experiment.name))
+    if ok and len(experiment.arms) == 1:
+        ok = runner.execute(graph, runner.Selection(own[experiment.arms[0].name], experiment.name,
+                                                    experiment.arms[0].name))
+    elif ok:
+        ok = runner.run_arms_side_by_side(experiment, own)
+    if ok and (any(stale.values()) or not report_exists(experiment)):
+        ok = runner.execute(graph, runner.Selection([[slug(experiment.name), REPORT]], experiment.name))
+    if ok:
+        summarize(experiment, time.time() - started)
+    return ok
 
 
-def report(cfg: ExperimentConfig, store: Store, run_id: str, seconds: float) -> None:
-    """Each stage's output for this config; 'materialized' where this Dagster run built it, else 'reused'."""
-    print(f"\nDone in {seconds:.0f} s. Lab home: {lab_home(cfg)}")
-    for item in plan(cfg, store):
-        built_now = run_id and item.manifest and item.manifest.dagster_run_id == run_id
-        state = "materialized" if built_now else "reused"
-        print(f"{state:>13}{summary_line(item)}")
-    print(UI_HINT)
+def report_exists(experiment: Experiment) -> bool:
+    from orchestration.lab import lab_for
+    from orchestration.reports import latest_report
+
+    found, missing = latest_report(lab_for(experiment.arms[0].overrides).store, experiment)
+    return found is not None and not missing
+
+
+def summarize(experiment: Experiment, seconds: float) -> None:
+    """Each arm's outputs for its config, then where to look."""
+    from orchestration.lab import lab_for
+
+    print(f"\nDone in {seconds:.0f} s. Lab home: {default_lab_home()}")
+    for arm in experiment.arms:
+        print(f"{experiment.name} / {arm.name}:")
+        for item in lab_for(arm.overrides).plan():
+            print(summary_line(item))
+    print(f"  lab report {experiment.name}   the arms compared\n{UI_HINT}")
+
+
+def run_arm(experiment_name: str, arm_name: str) -> bool:
+    """One arm's stale assets in one Dagster run (``lab materialize`` starts this per arm, side by side)."""
+    from orchestration import runner
+    from orchestration.graph import build_graph
+
+    home = default_lab_home()
+    prepare_dagster_home(home)
+    experiment = find_experiment(home, experiment_name)
+    graph = build_graph(known_experiments(home))
+    keys = runner.stale_keys(graph, experiment)[arm_name]
+    return runner.execute(graph, runner.Selection(keys, experiment.name, arm_name))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lab", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("command", choices=["plan", "materialize", "pull"])
+    parser.add_argument("command", choices=["plan", "materialize", "experiments", "report", "pull", "run-arm"])
     parser.add_argument("-m", "--multirun", action="store_true", help="sweep over comma-separated values")
+    parser.add_argument("--name", default="", help="the experiment's name (default: derived from the overrides)")
+    parser.add_argument("--baseline", default="", help="the arm the report compares against (default: the first)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. filter.prose.min_doc_words=30")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
-        runs = expand_sweep(args.overrides) if args.multirun else [args.overrides]
         if args.command == "plan":
-            for overrides in runs:
-                cfg, _ = compose_experiment(overrides)
-                print(f"Experiment '{cfg.name}' {' '.join(overrides)}")
-                print_plan(plan(cfg, Store(lab_home(cfg) / "store")))
-            return 0
+            return plan_command(args.overrides, args.multirun)
+        if args.command == "experiments":
+            from orchestration.status import print_experiments
+
+            return print_experiments(default_lab_home())
+        if args.command == "report":
+            from orchestration.status import print_report
+
+            return print_report(default_lab_home(), " ".join(args.overrides))
+        if args.command == "run-arm":
+            experiment, *arm = args.overrides
+            return 0 if run_arm(experiment, " ".join(arm)) else 1
         if args.command == "pull":
             return pull(args.overrides)
-        return 0 if all([materialize_one(overrides) for overrides in runs]) else 1
+        experiment = as_experiment(args.overrides, args.multirun, args.name, args.baseline)
+        return 0 if materialize_experiment(experiment) else 1
     except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"lab: {error}", file=sys.stderr)
         return 2
 
 
+def plan_command(overrides: list[str], multirun: bool) -> int:
+    from orchestration.lab import lab_for
+
+    for run in expand_sweep(overrides) if multirun else [overrides]:
+        lab = lab_for(run)
+        print(f"Experiment '{lab.cfg.name}' {' '.join(run)}")
+        print_plan(lab.plan())
+    return 0
+
+
 def pull(overrides: list[str]) -> int:
     """Bring every output recorded by a DVC pointer in the lab home back from the remote."""
-    from orchestration.resources import Lab
+    from orchestration.lab import Lab
 
-    lab = Lab(compose_experiment(overrides)[0])
+    lab = Lab(overrides)
     pointers = sorted(p.relative_to(lab.store.root).as_posix() for p in lab.store.root.glob("*/*.dvc"))
     for pointer in pointers:
         lab.dvc.pull(pointer)

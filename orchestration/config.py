@@ -1,30 +1,25 @@
 """The experiment config: one typed tree composed by Hydra from ``conf/``, with command-line style overrides.
 
-The dataclasses live beside the code they configure (``curation``, ``training``, ``evaluation``); this module
-only assembles them and registers the schema with Hydra's ConfigStore, so every YAML file in ``conf/`` and every
-override is checked against these types. A wrong key, type or group choice fails at once, naming the choices.
+The dataclasses live beside the code they configure (each package's ``config`` module); this module assembles
+them into ``ExperimentConfig``, and ``load_experiment`` composes an arm once (``orchestration.compose`` checks
+every YAML file in ``conf/`` and every override against these types) and caches it, so that planning many arms
+imports neither Hydra nor the libraries the stages use.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import hashlib
+import json
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.core.config_store import ConfigStore
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
-from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-from curation.corpus import CorpusConfig
-from curation.filters import FilterConfig
-from curation.mixture import MixtureConfig
-from curation.tokenizer import TokenizerConfig
-from evaluation.perplexity import EvalConfig
-from training.config import INIT_MODES, ModelConfig, ParallelConfig, TrainConfig
+from curation.config import CorpusConfig, FilterConfig, MixtureConfig, TokenizerConfig
+from evaluation.config import EvalConfig
+from training.config import ModelConfig, ParallelConfig, TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = REPO_ROOT / "conf"
@@ -42,6 +37,8 @@ class StorageConfig:
     dvc_remote: str = ""
     # DVC remote options, e.g. {endpointurl: http://127.0.0.1:5000} for an S3-compatible server.
     dvc_remote_options: dict[str, str] = field(default_factory=dict)
+    # Where people open MLflow's UI (`make ui` serves it here): Dagster's metadata links each run to it.
+    mlflow_ui_url: str = "http://127.0.0.1:5000"
 
 
 @dataclass
@@ -85,84 +82,57 @@ class ConfigError(ValueError):
     """A config or override that does not fit the schema; the message names the valid choices."""
 
 
-ConfigStore.instance().store(name="experiment_schema", node=ExperimentConfig)
-
-
-def _valid_keys_hint(message: str) -> str:
-    """Add the valid keys of the node an unknown key was looked up in (OmegaConf names it as full_key)."""
-    schema = OmegaConf.structured(ExperimentConfig)
-    for line in message.splitlines():
-        if "full_key:" in line:
-            parent = line.split("full_key:", 1)[1].strip().rsplit(".", 1)[0] if "." in line else ""
-            node = OmegaConf.select(schema, parent) if parent else schema
-            if isinstance(node, DictConfig) and len(node):  # a dict field has no fixed keys to list
-                return f"\nValid keys under '{parent or '<root>'}': {', '.join(sorted(node.keys()))}"
-    return ""
-
-
-def _split_dict_overrides(overrides: list[str]) -> tuple[list[str], list[Override]]:
-    """The overrides Hydra applies, and those whose value is a mapping (``key={...}``), which are ours to set.
-
-    A later override inside a key set by a mapping would be applied before it (Hydra composes first), so that
-    order is refused rather than silently reversed.
-    """
-    hydra_overrides, dict_overrides = [], []
-    for override in OverridesParser.create().parse_overrides(overrides):
-        if isinstance(override.value(), dict) and override.package is None and not override.is_delete():
-            dict_overrides.append(override)
-            continue
-        for earlier in dict_overrides:
-            if override.key_or_group.startswith(f"{earlier.key_or_group}."):
-                raise ConfigError(f"'{override.input_line}' comes after '{earlier.input_line}', which sets the whole "
-                                  f"of {earlier.key_or_group}: give that key's value in the mapping instead")
-        hydra_overrides.append(override.input_line)
-    return hydra_overrides, dict_overrides
-
-
-def _set_mapping(composed: DictConfig, key: str, value: object, add: bool) -> None:
-    """Set ``key`` as a command-line mapping asks: a dict field gets exactly the mapping; a config section (a
-    dataclass, e.g. ``mixture.replay``) gets the fields it names, each by the same rule; anything else the value."""
-    node = OmegaConf.select(composed, key, default=None)
-    if isinstance(value, dict) and isinstance(node, DictConfig) and OmegaConf.get_type(node) is not dict:
-        for name, item in value.items():
-            _set_mapping(composed, f"{key}.{name}", item, add)
-        return
-    # Emptied, then merged: merging converts the values to the field's types (a DomainCap, a float) and checks them.
-    OmegaConf.update(composed, key, {} if isinstance(value, dict) else value, merge=False, force_add=add)
-    if isinstance(value, dict):
-        OmegaConf.update(composed, key, value, merge=True, force_add=True)
-
-
-def compose_experiment(overrides: list[str] | tuple[str, ...] = ()) -> tuple[ExperimentConfig, DictConfig]:
-    """Compose ``conf/config.yaml`` with Hydra overrides into the typed experiment config.
-
-    A mapping on the command line sets a dict field to exactly that mapping (Hydra alone would merge it into the
-    defaults): ``'mixture.weights={web: 0.7, code: 0.3}'`` mixes those two domains and no other, whatever the
-    mixture group's weights were; likewise ``mixture.replay.weights``, ``mixture.phases.0.weights``,
-    ``corpus.domains`` and storage options, with or without a leading ``+``. A mapping given for a config section
-    (``'mixture.replay={fraction: 0.25, weights: {web: 1}}'``) sets only the fields it names, by the same rule.
-    One key of a dict is still changed alone with ``mixture.weights.docs=0.3``; config files merge as before.
-    """
-    try:
-        hydra_overrides, dict_overrides = _split_dict_overrides(list(overrides))
-        with initialize_config_dir(config_dir=str(CONF_DIR)):
-            composed = compose(config_name="config", overrides=hydra_overrides)
-        for override in dict_overrides:
-            add = override.is_add() or override.is_force_add()
-            _set_mapping(composed, override.key_or_group, override.value(), add)
-        experiment = OmegaConf.to_object(composed)
-    except (HydraException, OmegaConfBaseException) as error:
-        message = str(error)
-        if error.__cause__ is not None:
-            message += f"\n{error.__cause__}"
-        raise ConfigError(f"Invalid experiment config: {message}{_valid_keys_hint(message)}") from None
-    assert isinstance(experiment, ExperimentConfig)
-    if experiment.parent.mode not in INIT_MODES:
-        raise ConfigError(f"parent.mode={experiment.parent.mode!r}; choose one of {', '.join(INIT_MODES)}")
-    return experiment, composed
-
-
 def lab_home(cfg: ExperimentConfig) -> Path:
     """The lab home: LAB_HOME from the environment wins, then storage.lab_home (relative to the repository)."""
     home = Path(os.environ.get("LAB_HOME") or cfg.storage.lab_home)
     return (home if home.is_absolute() else REPO_ROOT / home).resolve()
+
+
+def default_lab_home() -> Path:
+    """The lab home before any experiment is composed (the list of experiments, the config cache live there)."""
+    return lab_home(ExperimentConfig())
+
+
+def _schema_digest(node: type = ExperimentConfig) -> str:
+    """The shape of the config schema (field names, types, defaults): a cached config is only valid for it."""
+    parts = [f"{node.__module__}.{node.__qualname__}"]  # where unpickling finds the class
+    for spec in dataclasses.fields(node):
+        default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+        parts.append(f"{spec.name}:{spec.type}={default!r}")
+        if dataclasses.is_dataclass(default):
+            parts.append(_schema_digest(type(default)))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _conf_digest() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(CONF_DIR.rglob("*.yaml")):
+        digest.update(path.relative_to(CONF_DIR).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+_COMPOSED: dict[tuple[str, ...], ExperimentConfig] = {}
+
+
+def load_experiment(overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """``compose_experiment`` once per overrides: remembered in the process and cached on disk.
+
+    Hydra's composition takes about 0.2 s; a plan over a 50-arm sweep would spend 10 s composing. The disk cache
+    (``<lab home>/cache/configs``) is keyed by the overrides, every file in ``conf/`` and the schema's shape, so
+    editing an experiment file or a dataclass field composes afresh. Errors are never cached.
+    """
+    key = tuple(overrides)
+    if key not in _COMPOSED:
+        name = hashlib.sha256(json.dumps([key, _conf_digest(), _schema_digest()]).encode()).hexdigest()[:24]
+        cached = default_lab_home() / "cache" / "configs" / f"{name}.pkl"
+        if cached.is_file():
+            _COMPOSED[key] = pickle.loads(cached.read_bytes())
+        else:
+            from orchestration.compose import compose_experiment  # Hydra: imported only when composing
+
+            _COMPOSED[key] = compose_experiment(list(overrides))[0]
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_bytes(pickle.dumps(_COMPOSED[key]))
+            partial.replace(cached)
+    return copy.deepcopy(_COMPOSED[key])

@@ -1,57 +1,90 @@
-"""The Dagster ``Definitions`` of the lineage, for the webserver (``make ui``) and for ``lab materialize``.
+"""The Dagster ``Definitions``: the lineage of every known experiment, one asset per stage and arm, shared work once.
 
-Each asset's ``code_version`` is the hash of its stage's code and config slice under the experiment's overrides,
-and each materialization's data version is its output's content hash: Dagster's staleness view then says exactly
-what ``lab plan`` says. The UI loads the overrides from ``LAB_OVERRIDES`` (space-separated), e.g.
-``LAB_OVERRIDES="filter.prose.min_doc_words=30" make ui``.
+The assets are generated from the stage list (``orchestration.lineage.STAGES``) over the graph of known arms
+(``orchestration.graph``): the DAG is declared once. Each asset's ``code_version`` is its arm's stage identity
+(code and config slice) and each materialization's data version is the output's content hash, so Dagster's
+staleness says what ``lab plan`` says, arm by arm. Each experiment gets a job (launchpad, schedules) and a
+``report`` asset comparing its arms. A new experiment recorded by ``lab`` appears after a code-location reload,
+which ``lab`` triggers on a running webserver.
 """
 
-from __future__ import annotations
 
-import os
-import shlex
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    AssetSelection,
+    Definitions,
+    MaterializeResult,
+    RetryPolicy,
+    asset,
+    define_asset_job,
+)
 
-from dagster import AssetDep, AssetsDefinition, AssetSelection, Definitions, define_asset_job
-
-from assets.checkpoint import checkpoint
-from assets.corpus import corpus
-from assets.eval import eval as eval_asset
-from assets.filtered import filtered
-from assets.mixed import mixed
-from assets.parent import parent_checkpoint
-from assets.tokenizer import tokenizer
-from orchestration.config import compose_experiment
-from orchestration.lineage import STAGE_BY_NAME, config_version
+from assets import checkpoint, corpus, filtered, mixed, report, tokenizer
+from assets import eval as eval_stage
+from orchestration.config import default_lab_home
+from orchestration.experiments import known_experiments, slug
+from orchestration.graph import REPORT, Graph, Node, build_graph
+from orchestration.launch import launch
+from orchestration.lineage import STAGE_BY_NAME
 from orchestration.resources import LabResource
 
-LINEAGE_ASSETS: tuple[AssetsDefinition, ...] = (corpus, filtered, tokenizer, mixed, checkpoint, eval_asset)
+BUILDS = {"corpus": corpus.build, "filtered": filtered.build, "tokenizer": tokenizer.build, "mixed": mixed.build,
+          "checkpoint": checkpoint.build, "eval": eval_stage.build}
+# Training takes the host: at most one checkpoint step runs at a time (the pool's limit is set in dagster.yaml).
+TRAINING_POOL = "training"
 
 
-def versioned_assets(overrides: list[str]) -> list[AssetsDefinition]:
-    """The lineage assets with code versions for this experiment's config.
+def stage_asset(node: Node) -> AssetsDefinition:
+    spec, build = STAGE_BY_NAME[node.stage], BUILDS[node.stage]
+    training = node.stage == "checkpoint"
 
-    An experiment with a parent (continual pretraining, a WSD branch) also gets the `parent_checkpoint` asset,
-    upstream of the stages that follow the parent, so the graph shows where training starts from.
-    """
-    cfg, _ = compose_experiment(overrides)
-    has_parent = bool(cfg.parent.experiment)
-
-    def versioned(spec):
-        stage = STAGE_BY_NAME[spec.key.path[-1]]
-        deps = [*spec.deps, AssetDep(parent_checkpoint.key)] if has_parent and stage.follows_parent else spec.deps
-        return spec.replace_attributes(code_version=config_version(stage, cfg), deps=deps)
-
-    assets = [asset.map_asset_specs(versioned) for asset in LINEAGE_ASSETS]
-    return [parent_checkpoint, *assets] if has_parent else assets
-
-
-def build_definitions(overrides: list[str]) -> Definitions:
-    return Definitions(
-        assets=versioned_assets(overrides),
-        jobs=[define_asset_job("lineage", selection=AssetSelection.all(), tags={"lab/training": "true"},
-                               description="Materialize the whole lineage corpus -> eval.")],
-        resources={"lab": LabResource(overrides=overrides)},
+    @asset(
+        key=AssetKey(node.path), deps=[AssetKey(dep) for dep in node.deps], code_version=node.code_version,
+        group_name=node.group, description=spec.description, kinds={"pytorch"} if training else {"python"},
+        pool=TRAINING_POOL if training else None,
+        # One retry: a killed training run resumes from its last checkpoint instead of failing the Dagster run.
+        retry_policy=RetryPolicy(max_retries=1) if training else None,
+        metadata={"stage": node.stage, "experiment": node.experiment, "arm": node.arm.name,
+                  "overrides": " ".join(node.arm.overrides), "shared_by": ", ".join(node.arms)},
     )
+    def _stage(context: AssetExecutionContext, lab: LabResource) -> MaterializeResult:
+        return lab.materialize(context, node.arm.overrides, node.stage, build, node.experiment, node.arm.name)
+
+    return _stage
 
 
-defs = build_definitions(shlex.split(os.environ.get("LAB_OVERRIDES", "")))
+def report_asset(graph: Graph, experiment: str) -> AssetsDefinition:
+    arms = graph.experiment_arms(experiment)
+    deps = {tuple(arm.paths[stage]) for arm in arms for stage in ("checkpoint", "eval")}
+
+    @asset(key=AssetKey([slug(experiment), REPORT]), deps=[AssetKey(list(dep)) for dep in sorted(deps)],
+           group_name=slug(experiment), kinds={"python"},
+           description=f"The arms of {experiment} compared: loss curves, per-domain results against the swept "
+                       "parameters, tokens to a target loss, LR schedules, and a table of every arm.")
+    def _report(context: AssetExecutionContext) -> MaterializeResult:
+        return report.materialize(context, experiment)
+
+    return _report
+
+
+def build_definitions(graph: Graph) -> Definitions:
+    assets = [stage_asset(node) for node in graph.nodes.values()]
+    assets += [report_asset(graph, experiment.name) for experiment in graph.experiments]
+    jobs = [launch]
+    for experiment in graph.experiments:
+        keys = [AssetKey(path) for arm in graph.experiment_arms(experiment.name) for path in arm.paths.values()]
+        selection = AssetSelection.assets(*keys).upstream() | AssetSelection.assets(AssetKey([slug(experiment.name),
+                                                                                            REPORT]))
+        jobs.append(define_asset_job(
+            f"experiment_{slug(experiment.name)}", selection=selection, tags={"lab/experiment": experiment.name},
+            description=f"Materialize every arm of {experiment.name} and its report; what is fresh is reused."))
+    return Definitions(assets=assets, jobs=jobs, resources={"lab": LabResource()})
+
+
+def load_definitions() -> Definitions:
+    return build_definitions(build_graph(known_experiments(default_lab_home())))
+
+
+defs = load_definitions()

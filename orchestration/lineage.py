@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 
 from curation.corpus import source_signature
-from orchestration.config import ExperimentConfig, compose_experiment
+from orchestration.config import ExperimentConfig, load_experiment
 from orchestration.mixture_checks import check_mixture_domains
 from orchestration.store import Manifest, Store, fingerprint, flatten
 
@@ -41,9 +43,20 @@ def _filter_slice(cfg: ExperimentConfig) -> dict:
     return {"filter": rules, "validation_fraction": cfg.validation_fraction}
 
 
+_SIGNATURES: dict[str, str] = {}
+
+
+def _corpus_slice(cfg: ExperimentConfig) -> dict:
+    # What the source holds now, scanned once per process and corpus config (arms of a sweep share it).
+    corpus = asdict(cfg.corpus)
+    key = json.dumps(corpus, sort_keys=True)
+    if key not in _SIGNATURES:
+        _SIGNATURES[key] = source_signature(cfg.corpus)
+    return {"corpus": corpus, "source_signature": _SIGNATURES[key]}
+
+
 STAGES: tuple[StageSpec, ...] = (
-    StageSpec("corpus", (), ("curation.corpus", "curation.documents", "assets.corpus"),
-              lambda c: {"corpus": asdict(c.corpus), "source_signature": source_signature(c.corpus)},
+    StageSpec("corpus", (), ("curation.corpus", "curation.documents", "assets.corpus"), _corpus_slice,
               "Documents read from the configured source, with domain, relative source path and size."),
     StageSpec("filtered", ("corpus",),
               ("curation.filters", "curation.code_filters", "curation.dedup", "curation.decontamination",
@@ -82,12 +95,16 @@ def _source_files(module: str) -> list[Path]:
     return sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
 
 
-def code_version(spec: StageSpec) -> str:
+@cache  # sources do not change under a running process; a new process hashes afresh
+def source_digest(module: str) -> str:
     digest = hashlib.sha256()
-    for module in spec.code_modules:
-        for path in _source_files(module):
-            digest.update(f"{module}:{path.name}".encode() + b"\0" + path.read_bytes())
+    for path in _source_files(module):
+        digest.update(f"{module}:{path.name}".encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
+
+
+def code_version(spec: StageSpec) -> str:
+    return hashlib.sha256("".join(source_digest(m) for m in spec.code_modules).encode()).hexdigest()[:12]
 
 
 def config_version(spec: StageSpec, cfg: ExperimentConfig) -> str:
@@ -130,7 +147,7 @@ def resolve_parent(cfg: ExperimentConfig, store: Store, depth: int = 0) -> Paren
     if depth >= MAX_PARENT_DEPTH:
         raise ValueError(f"parent chain deeper than {MAX_PARENT_DEPTH}: is an experiment its own ancestor?")
     overrides = list(cfg.parent.experiment)
-    parent_cfg, _ = compose_experiment(overrides)
+    parent_cfg = load_experiment(overrides)
     manifest = {item.stage: item for item in plan(parent_cfg, store, depth + 1)}["checkpoint"].manifest
     if manifest is None:
         return Parent(overrides, None)
@@ -169,39 +186,55 @@ def plan(cfg: ExperimentConfig, store: Store, depth: int = 0) -> list[PlanItem]:
     parent = resolve_parent(cfg, store, depth)
     items: dict[str, PlanItem] = {}
     for spec in STAGES:
-        earlier = sorted(store.list(spec.name), key=lambda m: m.created_at)
-        estimate = earlier[-1].build_seconds if earlier else None
+        config, code = spec.config_slice(cfg), code_version(spec)
+        if spec.follows_parent and parent is not None:
+            config["parent"] = {"mode": cfg.parent.mode, "step": parent.step}
         pending = [name for name in spec.upstream if items[name].manifest is None]
         if spec.follows_parent and parent is not None and parent.manifest is None:
             pending.append(f"parent checkpoint ({' '.join(parent.overrides)})")
         if pending:
+            nearest = nearest_output(store, spec.name, config)
             items[spec.name] = PlanItem(spec.name, "run", f"upstream {', '.join(pending)} will run",
-                                        estimated_seconds=estimate)
+                                        estimated_seconds=nearest.build_seconds if nearest else None,
+                                        config=config, code_version=code)
             continue
         upstream = {name: items[name].manifest for name in spec.upstream}
-        config, code = spec.config_slice(cfg), code_version(spec)
         if spec.follows_parent and parent is not None:
             check_parent_fits(cfg, parent, items["tokenizer"].manifest, items["mixed"].manifest)
             upstream["parent"] = parent.manifest
-            config["parent"] = {"mode": cfg.parent.mode, "step": parent.step}
         fp = fingerprint(spec.name, code, config, {name: m.content_hash for name, m in upstream.items()})
         found = store.find(spec.name, fp)
         if found is not None:
             items[spec.name] = PlanItem(spec.name, "reuse", "output with this fingerprint exists", fp, found,
                                         config=config, code_version=code, upstream=upstream)
         else:
-            reason = _why_new(spec, config, code, earlier, upstream)
-            items[spec.name] = PlanItem(spec.name, "run", reason, fp, estimated_seconds=estimate,
+            nearest = nearest_output(store, spec.name, config)
+            items[spec.name] = PlanItem(spec.name, "run", _why_new(config, code, nearest, upstream), fp,
+                                        estimated_seconds=nearest.build_seconds if nearest else None,
                                         config=config, code_version=code, upstream=upstream)
     check_mixture_domains(cfg, items["corpus"].manifest, items["filtered"].manifest)
     return list(items.values())
 
 
-def _why_new(spec: StageSpec, config: dict, code: str, earlier: list[Manifest], upstream: dict[str, Manifest]) -> str:
-    """Explain a cache miss against the newest earlier output of the stage: config diff, code or upstream."""
-    if not earlier:
+def nearest_output(store: Store, stage: str, config: dict) -> Manifest | None:
+    """The earlier output of the stage whose config is closest to ``config`` (fewest differing keys; newest wins).
+
+    A plan explains a miss and estimates its cost from this output: the same arm's previous build when there is
+    one, else the arm nearest in config (same model and data size before another corpus), never merely the last.
+    """
+    new = flatten(config)
+
+    def distance(manifest: Manifest) -> tuple[int, float]:
+        old = flatten(manifest.config)
+        return sum(old.get(k) != new.get(k) for k in old.keys() | new.keys()), -manifest.created_at
+
+    return min(store.list(stage), key=distance, default=None)
+
+
+def _why_new(config: dict, code: str, last: Manifest | None, upstream: dict[str, Manifest]) -> str:
+    """Explain a cache miss against the nearest earlier output of the stage: config diff, code or upstream."""
+    if last is None:
         return "never materialized"
-    last = earlier[-1]
     reasons = []
     old, new = flatten(last.config), flatten(config)
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))

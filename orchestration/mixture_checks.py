@@ -17,9 +17,10 @@ from dataclasses import asdict
 
 import fsspec
 
-from curation.corpus import CorpusConfig, read_corpus, source_signature
+from curation.config import CorpusConfig
+from curation.corpus import read_corpus, source_signature
 from curation.documents import Quarantine
-from curation.mixture import check_weight_domains, weight_settings
+from curation.weights import check_weight_domains, weight_settings
 from orchestration.config import ExperimentConfig
 from orchestration.store import Manifest, stable_json
 

@@ -11,9 +11,12 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from orchestration.locks import file_lock
 
 MANIFEST = "manifest.json"
 
@@ -77,6 +80,7 @@ class Manifest:
 class Store:
     def __init__(self, root: Path):
         self.root = root
+        self._listed: dict[str, list[Manifest]] = {}  # manifests per stage, read once (plans of many arms ask often)
 
     def path(self, stage: str, fp: str) -> Path:
         return self.root / stage / fp
@@ -86,8 +90,17 @@ class Store:
         return Manifest.load(folder) if (folder / MANIFEST).is_file() else None
 
     def list(self, stage: str) -> list[Manifest]:
-        folder = self.root / stage
-        return [Manifest.load(p.parent) for p in sorted(folder.glob(f"*/{MANIFEST}"))] if folder.is_dir() else []
+        """Every committed output of the stage, as this process first saw them plus what it committed since."""
+        if stage not in self._listed:
+            folder = self.root / stage
+            self._listed[stage] = [Manifest.load(p.parent) for p in sorted(folder.glob(f"*/{MANIFEST}"))]
+        return self._listed[stage]
+
+    @contextmanager
+    def lease(self, stage: str, fp: str, holder: str, on_wait=None) -> Iterator[None]:
+        """Placeholder until the concurrency branch lands."""
+        with file_lock(self.root / stage / f".lease-{fp}"):
+            yield
 
     def partial_path(self, stage: str, fp: str) -> Path:
         # Deterministic, so a stage that can resume (training) finds its own interrupted work again.
@@ -111,4 +124,5 @@ class Store:
             shutil.rmtree(partial)
         else:
             partial.rename(final)
+        self._listed.pop(stage, None)
         return Manifest.load(final)

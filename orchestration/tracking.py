@@ -15,6 +15,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from orchestration.config import REPO_ROOT
+from orchestration.locks import file_lock
 from orchestration.store import flatten
 
 # MLflow's limits for one log_batch call.
@@ -39,10 +40,17 @@ def numeric_leaves(stats: dict) -> dict[str, float]:
 
 
 class Tracker:
-    def __init__(self, tracking_uri: str, artifact_root: Path):
+    """One MLflow experiment per lab experiment; in it a run per arm, and each stage's run nested under its arm's.
+
+    MLflow's compare view then lines the arms up: each arm run carries the arm's overrides as params and its
+    results as metrics (see ``log_arm``); a stage shared by several arms is nested under the arm that built it.
+    """
+
+    def __init__(self, tracking_uri: str, artifact_root: Path, ui_url: str = ""):
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
+        self.ui_url = ui_url.rstrip("/")
 
     def experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
@@ -50,12 +58,48 @@ class Tracker:
             return experiment.experiment_id
         return self.client.create_experiment(name, artifact_location=(self.artifact_root / name).as_uri())
 
-    def start_run(self, experiment: str, stage: str, tags: dict[str, str], params: dict) -> str:
-        run = self.client.create_run(self.experiment_id(experiment), run_name=stage, tags={"lab.stage": stage, **tags})
+    def arm_run(self, experiment: str, arm: str) -> str:
+        """The arm's run in the experiment, created on first use (under a lock: runs of one arm start together)."""
+        experiment_id = self.experiment_id(experiment)
+        query = f"tags.`lab.arm` = '{arm}' and tags.`lab.kind` = 'arm'"
+        with file_lock(self.artifact_root / ".arm-runs.lock"):
+            found = self.client.search_runs([experiment_id], query, max_results=1)
+            if found:
+                return found[0].info.run_id
+            run = self.client.create_run(experiment_id, run_name=arm, tags={"lab.arm": arm, "lab.kind": "arm",
+                                                                            "lab.experiment": experiment})
+            return run.info.run_id
+
+    def start_run(self, experiment: str, arm: str, stage: str, tags: dict[str, str], params: dict) -> str:
+        parent = self.arm_run(experiment, arm)
+        tags = {"lab.stage": stage, "lab.experiment": experiment, "lab.arm": arm, "mlflow.parentRunId": parent,
+                **tags}
+        run = self.client.create_run(self.experiment_id(experiment), run_name=f"{arm}: {stage}", tags=tags)
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict) -> None:
         flat = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in flatten(params).items()]
         for start in range(0, len(flat), MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(run.info.run_id, params=flat[start:start + MAX_PARAMS_PER_BATCH])
-        return run.info.run_id
+            self.client.log_batch(run_id, params=flat[start:start + MAX_PARAMS_PER_BATCH])
+
+    def log_arm(self, experiment: str, arm: str, params: dict, results: dict) -> str:
+        """The arm's overrides as params and its results as metrics, for MLflow's compare view."""
+        run_id = self.arm_run(experiment, arm)
+        known = self.client.get_run(run_id).data.params
+        self.log_params(run_id, {k: v for k, v in params.items() if k not in known})
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, 0) for k, v in numeric_leaves(results).items()]
+        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
+        return run_id
+
+    def run_url(self, run_id: str) -> str:
+        """The run's page in the MLflow UI."""
+        if not run_id:
+            return self.ui_url
+        experiment_id = self.client.get_run(run_id).info.experiment_id
+        return f"{self.ui_url}/#/experiments/{experiment_id}/runs/{run_id}"
 
     def finish_run(self, run_id: str, stats: dict, tags: dict[str, str], artifacts: list[Path],
                    status: str = "FINISHED") -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from orchestration.cli import expand_sweep, main
-from orchestration.config import ConfigError, ExperimentConfig, compose_experiment
+from orchestration.compose import compose_experiment
+from orchestration.config import ConfigError, ExperimentConfig
 
 
 def test_default_experiment_is_the_demo() -> None:

@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.corpus import CorpusConfig, DomainCap, build_corpus, classify
+from curation.config import CorpusConfig, DomainCap
+from curation.corpus import build_corpus, classify
 from curation.documents import DOCUMENTS_FILE, QUARANTINE_FILE, read_documents
 
 

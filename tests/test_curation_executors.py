@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
 
-from curation.executors import ExecutorConfig, RayOptions, SlurmOptions, Stage, chain, make_executor
-from orchestration.config import compose_experiment
+from curation.config import ExecutorConfig, RayOptions, SlurmOptions
+from curation.executors import Stage, chain, make_executor
+from orchestration.compose import compose_experiment
 from orchestration.lineage import STAGE_BY_NAME, config_version
 
 STAGES = [Stage("first", [], tasks=4), Stage("second", [], tasks=2)]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from curation.corpus import CorpusConfig, build_corpus
+from curation.config import CorpusConfig, FilterConfig
+from curation.corpus import build_corpus
 from curation.documents import DOCUMENTS_FILE, QUARANTINE_FILE, iter_document_files, read_documents
-from curation.filters import FilterConfig, build_filtered
+from curation.filters import build_filtered
 
 PROSE = (
     "The river runs past the old mill, where the miller keeps his sacks of grain in a dry loft above the wheel. "

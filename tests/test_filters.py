@@ -18,9 +18,10 @@ from curation.code_filters import (
     PythonSyntaxFilter,
     lint_score,
 )
+from curation.config import FilterConfig
 from curation.decontamination import NGramDecontamination, build_index
 from curation.documents import DOCUMENTS_FILE, iter_document_files, make_document, read_documents, write_documents
-from curation.filters import FilterConfig, build_filtered, rule_steps
+from curation.filters import build_filtered, rule_steps
 from curation.word_tokenizer import RegexWordTokenizer, word_tokenizer
 
 

@@ -23,9 +23,19 @@ from dagster._utils.test.data_versions import get_stale_status_resolver
 from mlflow.tracking import MlflowClient
 
 from orchestration.cli import main
-from orchestration.config import compose_experiment
-from orchestration.definitions import build_definitions, versioned_assets
+from orchestration.config import load_experiment
+from orchestration.definitions import build_definitions
+from orchestration.experiments import (
+    Arm,
+    Experiment,
+    conf_experiments,
+    default_name,
+    find_experiment,
+    known_experiments,
+)
+from orchestration.graph import build_graph
 from orchestration.lineage import STAGES, plan
+from orchestration.resources import LabResource
 from orchestration.store import Store, content_hash
 from training.tracking import step_log
 
@@ -34,13 +44,13 @@ TINY = ["experiment=tiny"]
 ASSETS = [spec.name for spec in STAGES]
 
 
-def materialization_counts(instance: DagsterInstance) -> dict[str, int]:
-    return {name: len(instance.fetch_materializations(AssetKey(name), limit=100).records) for name in ASSETS}
+def materialization_counts(instance: DagsterInstance, prefix: str = "tiny") -> dict[str, int]:
+    return {name: len(instance.fetch_materializations(AssetKey([prefix, name]), limit=100).records)
+            for name in ASSETS}
 
 
 def plan_for(overrides: list[str]):
-    cfg, _ = compose_experiment(overrides)
-    return plan(cfg, Store(Path(LAB_HOME[0]) / "store"))
+    return plan(load_experiment(overrides), Store(Path(LAB_HOME[0]) / "store"))
 
 
 def actions(overrides: list[str]) -> dict[str, str]:
@@ -65,11 +75,16 @@ def test_first_run_materializes_every_asset_with_tracking(lab: Path) -> None:
     instance = DagsterInstance.get()
     assert materialization_counts(instance) == dict.fromkeys(ASSETS, 1)
     client = MlflowClient(f"sqlite:///{lab / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    everything = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    runs = [run for run in everything if run.data.tags.get("lab.stage") in ASSETS]
     by_stage = {run.data.tags["lab.stage"]: run for run in runs}
     assert sorted(by_stage) == sorted(ASSETS)
     assert by_stage["eval"].data.tags["parent_run.checkpoint"] == by_stage["checkpoint"].info.run_id
     assert all(run.data.tags["dagster.run_id"] == runs[0].data.tags["dagster.run_id"] for run in runs)
+    # Stage runs are nested under the arm's run, which carries the arm's results for MLflow's compare view.
+    arm_run = next(run for run in everything if run.data.tags.get("lab.kind") == "arm")
+    assert {run.data.tags["mlflow.parentRunId"] for run in runs} == {arm_run.info.run_id}
+    assert arm_run.data.metrics["final_val_loss"] < by_stage["eval"].data.metrics["docs.initial_loss"]
     # Training really learned, and logged per step into its own MLflow run.
     train = by_stage["checkpoint"]
     assert train.data.metrics["final_loss"] < 0.8 * train.data.metrics["first_loss"]
@@ -80,10 +95,21 @@ def test_first_run_materializes_every_asset_with_tracking(lab: Path) -> None:
         assert 0 < evaluation[f"{domain}.bits_per_byte"] < 8
 
 
+def load_definitions(home: Path):
+    return build_definitions(build_graph(known_experiments(home)))
+
+
+def tiny_as(overrides: list[str]) -> list[Experiment]:
+    """The known experiments with `tiny`'s config changed to these overrides (as if conf/experiment/tiny.yaml was)."""
+    return [Experiment("tiny", [Arm("tiny", overrides)], "conf") if e.name == "tiny" else e
+            for e in conf_experiments()]
+
+
 def stale_assets(overrides: list[str]) -> set[str]:
-    """What the Dagster UI shows as stale for definitions built with these overrides."""
-    resolver = get_stale_status_resolver(DagsterInstance.get(), versioned_assets(overrides))
-    return {name for name in ASSETS if resolver.get_status(AssetKey(name)) != StaleStatus.FRESH}
+    """What the Dagster UI shows as stale for the tiny experiment, were its config these overrides."""
+    assets = build_definitions(build_graph(tiny_as(overrides))).assets
+    resolver = get_stale_status_resolver(DagsterInstance.get(), list(assets))
+    return {name for name in ASSETS if resolver.get_status(AssetKey(["tiny", name])) != StaleStatus.FRESH}
 
 
 def test_dagster_staleness_matches_the_plan(lab: Path) -> None:
@@ -104,10 +130,14 @@ def test_second_run_reuses_everything(lab: Path) -> None:
 
 
 def test_eval_override_reruns_eval_alone(lab: Path) -> None:
+    """A new experiment shares tiny's assets up to where its config differs: only its eval is its own."""
     overrides = [*TINY, "eval.max_tokens_per_domain=2000"]
     assert actions(overrides) == {**dict.fromkeys(ASSETS, "reuse"), "eval": "run"}
     assert main(["materialize", *overrides]) == 0
-    assert materialization_counts(DagsterInstance.get()) == {**dict.fromkeys(ASSETS, 1), "eval": 2}
+    instance = DagsterInstance.get()
+    assert materialization_counts(instance) == dict.fromkeys(ASSETS, 1)
+    assert materialization_counts(instance, default_name(overrides, "tiny")) == {
+        **dict.fromkeys(ASSETS, 0), "eval": 1}
 
 
 def test_filter_override_reruns_filtered_and_below(lab: Path) -> None:
@@ -115,26 +145,31 @@ def test_filter_override_reruns_filtered_and_below(lab: Path) -> None:
     overrides = [*TINY, "filter.prose.min_doc_words=150"]
     assert actions(overrides) == {**dict.fromkeys(ASSETS, "run"), "corpus": "reuse"}
     assert main(["materialize", *overrides]) == 0
-    after = materialization_counts(DagsterInstance.get())
-    assert after["corpus"] == before["corpus"]
-    assert all(after[name] == before[name] + 1 for name in ASSETS[1:])
+    assert materialization_counts(DagsterInstance.get()) == before  # tiny's own assets are untouched
+    assert materialization_counts(DagsterInstance.get(), default_name(overrides, "tiny")) == {
+        **dict.fromkeys(ASSETS, 1), "corpus": 0}  # corpus is tiny's, shared
 
 
-def test_launchpad_overrides_through_the_lineage_job(lab: Path) -> None:
-    """The Dagster launchpad's path: the `lineage` job with override strings in the `lab` resource config."""
+def test_launchpad_launches_an_experiment_and_runs_its_job(lab: Path) -> None:
+    """The launchpad's two ways: the `launch` job with override strings, and an experiment's own job."""
     instance = DagsterInstance.get()
-    before = materialization_counts(instance)["corpus"]
-    overrides = [*TINY, "corpus.domains.license.max_docs=10"]
-    job = build_definitions(TINY).resolve_job_def("lineage")
-    result = job.execute_in_process(
-        run_config={"resources": {"lab": {"config": {"overrides": overrides}}}},
-        instance=instance, asset_selection=[AssetKey("corpus")],
-    )
+    overrides = [*TINY, "eval.batch_size=4"]
+    defs = build_definitions(build_graph(conf_experiments()))
+    launched = defs.resolve_job_def("launch").execute_in_process(
+        run_config={"ops": {"lab_materialize": {"config": {"overrides": overrides, "name": "from_launchpad"}}}},
+        instance=instance)
+    assert launched.success
+    experiment = find_experiment(lab, "from_launchpad")
+    assert experiment.arms[0].overrides == overrides
+    record = instance.fetch_materializations(AssetKey(["from_launchpad", "eval"]), limit=1).records[0]
+    assert record.asset_materialization.metadata["fingerprint"].value == {
+        i.stage: i.fingerprint for i in plan_for(overrides)}["eval"]
+    # tiny's job materializes its arm and report; everything is fresh, so every step reuses.
+    job = defs.resolve_job_def("experiment_tiny")
+    result = job.execute_in_process(instance=instance, resources={"lab": LabResource()})
     assert result.success
-    assert materialization_counts(instance)["corpus"] == before + 1
-    metadata = result.asset_materializations_for_node("corpus")[0].metadata
-    assert metadata["fingerprint"].value == {i.stage: i.fingerprint for i in plan_for(overrides)}["corpus"]
-    assert metadata["stats"].value["domains"]["license"]["documents"] == 10
+    metadata = result.asset_materializations_for_node("tiny__eval")[0].metadata
+    assert metadata["reused"].value is True
 
 
 def test_dvc_pull_restores_recorded_bytes(lab: Path) -> None:
@@ -154,10 +189,6 @@ def checkpoint_manifest(overrides: list[str]):
     return {item.stage: item for item in plan_for(overrides)}["checkpoint"].manifest
 
 
-def latest_materialization(key: str):
-    return DagsterInstance.get().fetch_materializations(AssetKey(key), limit=1).records[0].asset_materialization
-
-
 CPT = [*TINY, 'parent.experiment=["experiment=tiny"]', "mixture.weights={docs: 1.0, python: 0, license: 0}",
        "mixture.replay.fraction=0.25", "+mixture.replay.weights={python: 1.0}", "mixture.train_tokens=20480",
        "train.steps=20", "train.schedule=cosine", "train.warmup_steps=4", "train.checkpoint_interval=10"]
@@ -168,11 +199,13 @@ BRANCH = [*TINY, 'parent.experiment=["experiment=tiny"]', "parent.step=40", "par
 def test_continual_pretraining_starts_from_the_parent(lab: Path) -> None:
     parent = checkpoint_manifest(TINY)
     assert main(["materialize", *CPT]) == 0
-    link = latest_materialization("parent_checkpoint").metadata
-    assert link["fingerprint"].value == parent.fingerprint and link["step"].value == 80
-    checkpoint_spec = next(s for a in versioned_assets(CPT) for s in a.specs if s.key == AssetKey("checkpoint"))
-    assert AssetKey("parent_checkpoint") in {dep.asset_key for dep in checkpoint_spec.deps}
+    # In the graph, the child's checkpoint and eval hang off the parent's checkpoint asset.
+    name = default_name(CPT, "tiny")
+    specs = {spec.key: spec for a in load_definitions(lab).assets for spec in a.specs}
+    for stage in ("checkpoint", "eval"):
+        assert AssetKey(["tiny", "checkpoint"]) in {dep.asset_key for dep in specs[AssetKey([name, stage])].deps}
     child = checkpoint_manifest(CPT)
+    assert child.upstream["parent"] == parent.content_hash and child.config["parent"]["step"] == 80
     client = MlflowClient(f"sqlite:///{lab / 'mlflow.db'}")
     tags = client.get_run(child.mlflow_run_id).data.tags
     assert tags["parent_run.parent"] == parent.mlflow_run_id
@@ -191,7 +224,7 @@ def test_continual_pretraining_starts_from_the_parent(lab: Path) -> None:
 def test_wsd_branch_continues_the_parent_run(lab: Path) -> None:
     assert main(["materialize", *BRANCH]) == 0
     parent, child = checkpoint_manifest(TINY), checkpoint_manifest(BRANCH)
-    assert latest_materialization("parent_checkpoint").metadata["step"].value == 40
+    assert child.upstream["parent"] == parent.content_hash and child.config["parent"]["step"] == 40
     assert MlflowClient(f"sqlite:///{lab / 'mlflow.db'}").get_run(child.mlflow_run_id).data.tags[
         "lab.parent_step"] == "40"
     parent_steps = step_log(lab / "store" / "checkpoint" / parent.fingerprint)
@@ -222,7 +255,7 @@ def test_killed_training_rank_resumes_through_the_retry(lab: Path) -> None:
     assert proc.returncode == 0, output[-4000:]
     manifest = checkpoint_manifest(overrides)
     retries = DagsterInstance.get().all_logs(manifest.dagster_run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY)
-    assert [event.step_key for event in retries] == ["checkpoint"]
+    assert [event.step_key for event in retries] == [f"{default_name(overrides, 'tiny')}__checkpoint"]
     lines = [json.loads(line) for line in
              (lab / "store" / "checkpoint" / manifest.fingerprint / "train_steps.jsonl").read_text().splitlines()]
     first_try = {row["step"]: row["loss"] for row in lines[: [r["step"] for r in lines].index(50) + 1]}

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curation.corpus import CorpusConfig, DomainCap, build_corpus
-from curation.filters import DedupConfig, FilterConfig, build_filtered
+from curation.config import CorpusConfig, DedupConfig, DomainCap, FilterConfig, TokenizerConfig
+from curation.corpus import build_corpus
+from curation.filters import build_filtered
 from curation.mixture import (
     Document,
     DocumentCycler,
@@ -28,7 +29,7 @@ from curation.mixture import (
     split_long,
 )
 from curation.packing import REPLAY_STREAM, PackedStream, StreamIndex
-from curation.tokenizer import EOS, TokenizerConfig, load_tokenizer, train_tokenizer
+from curation.tokenizer import EOS, load_tokenizer, train_tokenizer
 
 DOMAINS = ("python", "code", "license", "data")  # prose docs under the size cap rarely pass the filters
 TEMPLATE = "source: {domain}/{source}\n"

@@ -107,7 +107,7 @@ def test_layout_that_does_not_fill_the_ranks_is_a_clear_error() -> None:
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (REPO / "conf" / "parallel").glob("*.yaml")))
 def test_parallel_presets_fit_their_ranks_and_device(preset: str) -> None:
-    from orchestration.config import compose_experiment
+    from orchestration.compose import compose_experiment
     from training.train import data_parallel_degree
 
     cfg, _ = compose_experiment([f"parallel={preset}"])

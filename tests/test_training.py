@@ -15,7 +15,8 @@ import pytest
 from dagster_pipes import encode_param
 from tiny_training import Corpus, make_corpus, run_job, tiny_job
 
-from evaluation.perplexity import EvalConfig, evaluate_checkpoint, find_last_checkpoint
+from evaluation.config import EvalConfig
+from evaluation.perplexity import evaluate_checkpoint, find_last_checkpoint
 from training.config import ModelConfig, ParallelConfig, TrainConfig
 from training.data import TokenFileDataLoader
 from training.job import TrainJob, launch_command

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from curation.config import TokenizerConfig
 from curation.corpus import build_corpus
 from curation.documents import DOCUMENTS_FILE
 from curation.mixture import build_mixture
-from curation.tokenizer import TokenizerConfig, train_tokenizer
+from curation.tokenizer import train_tokenizer
 from orchestration import mixture_checks
 from orchestration.cli import main
-from orchestration.config import ConfigError, compose_experiment
+from orchestration.compose import compose_experiment
+from orchestration.config import ConfigError
 from orchestration.mixture_checks import check_mixture_domains
 from orchestration.store import Manifest
 
