@@ -43,4 +43,8 @@ def build(run: StageRun) -> StageResult:
         f"| {d} | {r['tokens']:,} | {r['initial_loss']:.3f} | {r['loss']:.3f} | {r['bits_per_byte']:.3f} |"
         for d, r in stats.items()
     )
-    return StageResult(stats, {"per_domain": MetadataValue.md(table)}, artifacts=["eval.json", "val_loss.png"])
+    # Numbers Dagster's plots tab charts over the asset's materializations.
+    numbers = {f"bits_per_byte/{d}": r["bits_per_byte"] for d, r in stats.items()}
+    numbers.update({f"loss/{d}": r["loss"] for d, r in stats.items()})
+    return StageResult(stats, {"per_domain": MetadataValue.md(table), **numbers},
+                       artifacts=["eval.json", "val_loss.png"])

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from evaluation.compare import ArmRecord, Comparison, build_comparison, load_arm
 from orchestration.experiments import Experiment
 from orchestration.lab import Lab, lab_for
@@ -56,7 +58,9 @@ def arm_record(arm: ArmOutputs, store: Store) -> ArmRecord:
     results = {"final_train_loss": checkpoint.stats.get("final_loss"),
                "tokens_per_second": checkpoint.stats.get("tokens_per_second"),
                "kept_documents": filtered.stats.get("kept") if filtered else None}
-    return load_arm(arm.name, dict(arm.params), cfg.train.seed, cfg.train.global_batch_size * cfg.train.seq_len,
+    # Swept values as the command line typed them, read as YAML so that 0.1 is a number the plots can place.
+    params = {key: yaml.safe_load(value) for key, value in arm.params.items()}
+    return load_arm(arm.name, params, cfg.train.seed, cfg.train.global_batch_size * cfg.train.seq_len,
                     store.path("checkpoint", checkpoint.fingerprint), store.path("eval", evaluation.fingerprint),
                     {k: v for k, v in results.items() if v is not None})
 
