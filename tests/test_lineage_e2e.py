@@ -27,7 +27,7 @@ from orchestration.config import compose_experiment
 from orchestration.definitions import build_definitions, versioned_assets
 from orchestration.lineage import STAGES, plan
 from orchestration.store import Store, content_hash
-from training.tracking import step_log
+from training.outputs import step_log
 
 pytestmark = pytest.mark.e2e
 TINY = ["experiment=tiny"]

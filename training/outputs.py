@@ -1,5 +1,6 @@
 """The files a training run writes beside its checkpoints, and what decides their bytes.
 
+    checkpoint/step-N/         DCP checkpoints (torchtitan's), their .metadata without DCP's save id and path
     train_steps.jsonl          one row per logged step: step, loss, lr, grad_norm
     train_summary.json         first and final loss, steps, tokens seen, the loss curve of the last process
     checkpoint_ledger.json     the tokens each checkpoint has trained on, per phase and domain
@@ -11,6 +12,7 @@ output keeps its content hash. Wall-clock figures go to ``report/`` (not hashed)
 """
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +91,19 @@ def write_checkpoint_ledger(output_dir: Path, stream: Path, seq_len: int, global
     """The tokens each checkpoint has trained on, per phase and domain, from the loader's deterministic order."""
     ledgers = {step: consumed_ledger(stream, seq_len, global_batch_size, step) for step in steps}
     write_json(output_dir / LEDGER_FILE, ledgers)
+
+
+def drop_checkpoint_save_ids(output_dir: str | Path) -> None:
+    """Take DCP's save record (the folder's absolute path and a random save id) out of each checkpoint's .metadata.
+
+    DCP writes it into the metadata pickle, so two saves of the same state differ; loading does not use it (a
+    reader fills in an empty one). The rewrite goes through a temporary file and a rename, as DCP's own write does.
+    """
+    for path in sorted(Path(output_dir, "checkpoint").glob("step-*/.metadata")):
+        metadata = pickle.loads(path.read_bytes())  # our own trainer's file
+        if metadata.storage_meta is None:
+            continue
+        metadata.storage_meta = None
+        temporary = path.with_name(".metadata.tmp")
+        temporary.write_bytes(pickle.dumps(metadata))
+        temporary.replace(path)

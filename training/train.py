@@ -31,7 +31,7 @@ from training.data import TokenFileDataLoader
 from training.job import TrainJob, check_init
 from training.lr_schedulers import LabLRSchedulers
 from training.model import llama3_spec
-from training.outputs import SUMMARY_FILE, TIMING_SUMMARY_FILE, run_summary, write_json
+from training.outputs import SUMMARY_FILE, TIMING_SUMMARY_FILE, drop_checkpoint_save_ids, run_summary, write_json
 from training.tracking import LabMetricsProcessor, RunRecorder, pipes_session
 
 
@@ -134,6 +134,8 @@ def run(job: TrainJob, started: float, seed_checkpoint: bool) -> None:
             trainer.train()
     finally:
         trainer.close()
+    if torch.distributed.get_rank() == 0:  # every save is complete once the trainer is closed
+        drop_checkpoint_save_ids(job.output_dir)
     recorder = trainer.metrics_processor.logger
     # Rank 0 writes the summary of the steps it ran; a rerun of a finished job runs none and keeps the old one.
     # Its timings go apart, to report/, so that the summary's bytes are those of any rerun of the job.
