@@ -11,15 +11,14 @@ from pathlib import Path
 
 from dagster import PipesSubprocessClient
 
-from curation.packing import consumed_ledger
 from evaluation.perplexity import list_checkpoints
-from evaluation.plots import plot_curves
+from evaluation.plots import plot_curves, plot_lr_schedule
 from orchestration.config import REPO_ROOT
 from orchestration.resources import StageResult, StageRun
+from orchestration.store import REPORT_DIR
 from training.config import InitConfig
 from training.job import TrainJob, launch_command
-from training.schedules import plot_schedule
-from training.tracking import step_log
+from training.outputs import LEDGER_FILE, SUMMARY_FILE, TIMING_SUMMARY_FILE, step_log, write_checkpoint_ledger
 
 
 def build(run: StageRun) -> StageResult:
@@ -28,11 +27,10 @@ def build(run: StageRun) -> StageResult:
     if "parent" in run.upstream:
         parent_step = list_checkpoints(run.upstream["parent"])[run.parent_step]
         init = InitConfig(checkpoint=str(parent_step.resolve()), mode=cfg.parent.mode)
+    stream = run.upstream["mixed"] / "train_stream.bin"
     job = TrainJob(
         model=cfg.model, train=cfg.train, parallel=cfg.parallel,
-        tokenizer_dir=str(run.upstream["tokenizer"]),
-        train_tokens=str(run.upstream["mixed"] / "train_stream.bin"),
-        output_dir=str(run.output),
+        tokenizer_dir=str(run.upstream["tokenizer"]), train_tokens=str(stream), output_dir=str(run.output),
         mlflow_tracking_uri=run.mlflow_tracking_uri, mlflow_run_id=run.mlflow_run_id, init=init,
     )
     # The job file names machine paths, so it lives outside the versioned output.
@@ -40,24 +38,25 @@ def build(run: StageRun) -> StageResult:
         job_path = Path(scratch) / "job.json"
         job.save(job_path)
         PipesSubprocessClient().run(context=run.context, command=launch_command(job_path), cwd=str(REPO_ROOT))
-    summary = json.loads((run.output / "train_summary.json").read_text())
+    checkpoint_steps = sorted(list_checkpoints(run.output))  # what children may start or branch from
+    write_checkpoint_ledger(run.output, stream, cfg.train.seq_len, cfg.train.global_batch_size, checkpoint_steps)
+
+    summary = json.loads((run.output / SUMMARY_FILE).read_text())
+    timings = json.loads((run.output / TIMING_SUMMARY_FILE).read_text())
     # The whole curve, also across a resume (the summary only knows the steps of the last process).
     curve = [(step, row["loss"]) for step, row in step_log(run.output).items()]
     summary.update(first_loss=curve[0][1], final_loss=curve[-1][1])
-    plot_curves({"train": curve}, run.output / "loss_curve.png", title=f"{cfg.name}: training loss",
+    plots = [f"{REPORT_DIR}/loss_curve.png", f"{REPORT_DIR}/lr_schedule.png"]
+    (run.output / REPORT_DIR).mkdir(exist_ok=True)
+    plot_curves({"train": curve}, run.output / plots[0], title=f"{cfg.name}: training loss",
                 ylabel="loss (nats/token)")
-    plot_schedule(cfg.train, run.output / "lr_schedule.png")
-    stats = {k: v for k, v in summary.items() if k != "loss_curve"}
+    plot_lr_schedule(cfg.train, run.output / plots[1])
+    stats = {**{k: v for k, v in summary.items() if k != "loss_curve"}, **timings}
     stats["vocab_size"] = run.upstream_manifests["tokenizer"].stats["vocab_size"]
-    stats["checkpoint_steps"] = sorted(list_checkpoints(run.output))  # what children may start or branch from
-    # The tokens each checkpoint has trained on, per phase and domain, from the loader's deterministic order.
-    stream = run.upstream["mixed"] / "train_stream.bin"
-    ledgers = {step: consumed_ledger(stream, cfg.train.seq_len, cfg.train.global_batch_size, step)
-               for step in stats["checkpoint_steps"]}
-    (run.output / "checkpoint_ledger.json").write_text(json.dumps(ledgers, indent=2))
+    stats["checkpoint_steps"] = checkpoint_steps
     return StageResult(
         stats,
         {"first_loss": summary["first_loss"], "final_loss": summary["final_loss"],
-         "tokens_per_second": summary["tokens_per_second"]},
-        artifacts=["loss_curve.png", "lr_schedule.png", "train_summary.json", "checkpoint_ledger.json"],
+         "tokens_per_second": timings["tokens_per_second"]},
+        artifacts=[*plots, SUMMARY_FILE, TIMING_SUMMARY_FILE, LEDGER_FILE],
     )

@@ -4,8 +4,8 @@ Each repeat materializes the `checkpoint` asset of a tiny experiment through Dag
 (LabResource, assets/checkpoint.py, PipesSubprocessClient, MLflow; a new train.seed per repeat, so it is never a
 cache hit), then runs the very same TrainJob with a plain `torchrun ... -m training.train --job job.json` into a
 scratch folder. Both report the training's global tokens/s from its first logged step to its last
-(train_summary.json), so start-up is left out on both sides and the ratio is the cost of the orchestration while
-training: Pipes log messages and MLflow metric batches.
+(report/train_timings.json), so start-up is left out on both sides and the ratio is the cost of the orchestration
+while training: Pipes log messages and MLflow metric batches.
 
     PYTHONPATH=$PWD python bench/bench_checkpoint_asset.py --repeats 3
 
@@ -32,6 +32,7 @@ from orchestration.lineage import plan
 from orchestration.resources import LabResource
 from orchestration.store import Store
 from training.job import TrainJob, launch_command
+from training.outputs import TIMING_SUMMARY_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,7 +73,7 @@ def by_hand_tokens_per_second(overrides: list[str], scratch: Path) -> float:
     command = launch_command(scratch / "job.json")
     print("by hand:", " ".join(Path(part).name if part == sys.executable else part for part in command))
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return json.loads((output / "train_summary.json").read_text())["tokens_per_second"]
+    return json.loads((output / TIMING_SUMMARY_FILE).read_text())["tokens_per_second"]
 
 
 def main() -> None:

@@ -2,9 +2,9 @@
 
 Serves global batches from a phased stream with replay (a `mixed` output given with --mixed, else a synthetic
 one with realistic document lengths), with every data-parallel rank's loader built in this process, and
-compares the loader's tokens/s with the training tokens/s (from a train_summary.json, else --train-tps).
+compares the loader's tokens/s with the training tokens/s (from a report/train_timings.json, else --train-tps).
 
-    python bench/bench_loader.py [--mixed STORE/mixed/FP] [--train-summary STORE/checkpoint/FP/train_summary.json]
+    python bench/bench_loader.py [--mixed STORE/mixed/FP] [--train-timings CHECKPOINT/report/train_timings.json]
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def tokens_per_second(path: Path, seq_len: int, global_batch: int, ranks: int, s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mixed", type=Path, help="a `mixed` output folder (default: a synthetic stream)")
-    parser.add_argument("--train-summary", type=Path, help="train_summary.json of a run (its tokens_per_second)")
+    parser.add_argument("--train-timings", type=Path,
+                        help="report/train_timings.json of a run (its tokens_per_second)")
     parser.add_argument("--train-tps", type=float, default=8800.0, help="training tokens/s (CPU demo, two ranks)")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--global-batch", type=int, default=16)
@@ -64,8 +65,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     train_tps = args.train_tps
-    if args.train_summary:
-        train_tps = json.loads(args.train_summary.read_text())["tokens_per_second"]
+    if args.train_timings:
+        train_tps = json.loads(args.train_timings.read_text())["tokens_per_second"]
     with tempfile.TemporaryDirectory() as scratch:
         path = args.mixed / "train_stream.bin" if args.mixed else synthetic_mixed(Path(scratch), 3_000_000)
         runs = [tokens_per_second(path, args.seq_len, args.global_batch, args.ranks, args.steps)

@@ -6,7 +6,7 @@ Layout of the output folder:
     train_stream.bin (+ .index.npz)      the training stream: its phases in order, each whole documents
                                          interleaved by the phase's weights (the loader's dataset_path)
     replay_stream.bin (+ .index.npz)     the replay mixture, when mixture.replay.fraction > 0
-    mixture.json, ledger.png             per-domain documents, tokens, bytes, and the ledger (target vs realized)
+    mixture.json                         per-domain documents, tokens, bytes, and the ledger (target vs realized)
 
 Each phase takes whole documents (long ones as pieces of at most max_doc_tokens), always from the domain furthest
 below its target share, cycling through each domain's documents in a seeded order that carries over from phase to
@@ -28,7 +28,7 @@ from tokenizers import Tokenizer
 
 from curation.config import MixtureConfig, PhaseConfig, ReplayConfig
 from curation.documents import is_validation, iter_document_files, read_documents
-from curation.ledger import ledger_plot, stream_ledger
+from curation.ledger import stream_ledger
 from curation.packing import REPLAY_STREAM, TOKEN_DTYPE, StreamIndex
 from curation.tokenizer import EOS, load_tokenizer
 from curation.weights import missing_domains_error, weights_key
@@ -264,5 +264,4 @@ def build_mixture(
     ledger["epochs"] = {d: round(cycler.epochs, 4) for d, cycler in cyclers.items()}
     summary = {"domains": domains, "ledger": ledger, "stream_tokens": int(index.doc_offsets[-1])}
     (out_dir / "mixture.json").write_text(json.dumps(summary, indent=2))
-    ledger_plot(ledger, out_dir / "ledger.png")
     return summary

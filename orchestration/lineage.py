@@ -6,15 +6,12 @@ ask it, so the UI's staleness, the plan and the cache can never disagree.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import cache
-from pathlib import Path
 
 from curation.corpus import source_signature
+from orchestration.code_identity import changed_modules, combined_version, module_digests
 from orchestration.config import ExperimentConfig, load_experiment
 from orchestration.mixture_checks import check_mixture_domains
 from orchestration.store import Manifest, Store, fingerprint, flatten
@@ -24,7 +21,8 @@ from orchestration.store import Manifest, Store, fingerprint, flatten
 class StageSpec:
     name: str
     upstream: tuple[str, ...]
-    # Modules (or whole packages) whose source decides the stage's bytes: editing one re-runs the stage.
+    # Exactly the modules (or whole packages) whose code decides the stage's bytes: changing what one does re-runs
+    # the stage. Plotting, reporting, tracking, export and CLI code is left out, as are the assets (thin glue).
     code_modules: tuple[str, ...]
     # The part of the experiment config that decides the stage's bytes (never paths, workers or storage).
     config_slice: Callable[[ExperimentConfig], dict]
@@ -56,55 +54,39 @@ def _corpus_slice(cfg: ExperimentConfig) -> dict:
 
 
 STAGES: tuple[StageSpec, ...] = (
-    StageSpec("corpus", (), ("curation.corpus", "curation.documents", "assets.corpus"), _corpus_slice,
+    StageSpec("corpus", (), ("curation.corpus", "curation.documents"), _corpus_slice,
               "Documents read from the configured source, with domain, relative source path and size."),
     StageSpec("filtered", ("corpus",),
               ("curation.filters", "curation.code_filters", "curation.dedup", "curation.decontamination",
-               "curation.word_tokenizer", "curation.filter_stats", "curation.documents", "assets.filtered"),
+               "curation.word_tokenizer", "curation.executors", "curation.documents"),
               _filter_slice,
               "Rule sets per domain, exact and MinHash near dedup with cluster sizes, n-gram decontamination; "
               "kept and rejected sets."),
-    StageSpec("tokenizer", ("filtered",), ("curation.tokenizer", "curation.documents", "assets.tokenizer"),
+    StageSpec("tokenizer", ("filtered",), ("curation.tokenizer", "curation.documents"),
               lambda c: {"tokenizer": asdict(c.tokenizer), "validation_fraction": c.validation_fraction},
               "Byte-level BPE trained on the training split (tokenizer.json)."),
     StageSpec("mixed", ("filtered", "tokenizer"),
-              ("curation.mixture", "curation.packing", "curation.ledger", "curation.tokenizer",
-               "curation.documents", "assets.mixed"),
+              ("curation.mixture", "curation.packing", "curation.ledger", "curation.tokenizer", "curation.documents"),
               lambda c: {"mixture": asdict(c.mixture), "validation_fraction": c.validation_fraction},
               "Token shards per domain and split, and the training stream mixed by weight."),
     StageSpec("checkpoint", ("tokenizer", "mixed"),
-              ("training", "kernels", "curation.packing", "evaluation.plots", "evaluation.perplexity",
-               "assets.checkpoint"),
+              ("training.train", "training.config", "training.model", "training.data", "training.checkpoint",
+               "training.lr_schedulers", "training.schedules", "training.cpu_compat", "training.job",
+               "training.outputs", "kernels", "curation.packing", "evaluation.perplexity"),
               lambda c: {"model": asdict(c.model), "train": asdict(c.train)},
               "A TorchTitan training run (torchrun, FSDP) on the mixed stream; DCP checkpoints.", resumable=True,
               follows_parent=True),
     StageSpec("eval", ("mixed", "checkpoint"),
-              ("evaluation.perplexity", "evaluation.plots", "training.model", "training.config", "kernels",
-               "assets.eval"),
+              ("evaluation.validation", "evaluation.perplexity", "training.model", "training.config", "kernels"),
               lambda c: {"eval": asdict(c.eval)},
               "Per-domain validation loss and bits-per-byte of the final checkpoint.", follows_parent=True),
 )
 STAGE_BY_NAME = {spec.name: spec for spec in STAGES}
 
 
-def _source_files(module: str) -> list[Path]:
-    found = importlib.util.find_spec(module)
-    if found is None or found.origin is None:  # a module listed but absent: say so rather than hash nothing
-        raise ModuleNotFoundError(f"a stage lists code module '{module}', which does not exist")
-    origin = Path(found.origin)
-    return sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
-
-
-@cache  # sources do not change under a running process; a new process hashes afresh
-def source_digest(module: str) -> str:
-    digest = hashlib.sha256()
-    for path in _source_files(module):
-        digest.update(f"{module}:{path.name}".encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
 def code_version(spec: StageSpec) -> str:
-    return hashlib.sha256("".join(source_digest(m) for m in spec.code_modules).encode()).hexdigest()[:12]
+    """The stage's code identity: what its modules do (comments, formatting and docstrings do not count)."""
+    return combined_version(module_digests(spec.code_modules))
 
 
 def config_version(spec: StageSpec, cfg: ExperimentConfig) -> str:
@@ -209,7 +191,7 @@ def plan(cfg: ExperimentConfig, store: Store, depth: int = 0) -> list[PlanItem]:
                                         config=config, code_version=code, upstream=upstream)
         else:
             nearest = nearest_output(store, spec.name, config)
-            items[spec.name] = PlanItem(spec.name, "run", _why_new(config, code, nearest, upstream), fp,
+            items[spec.name] = PlanItem(spec.name, "run", _why_new(spec, config, code, nearest, upstream), fp,
                                         estimated_seconds=nearest.build_seconds if nearest else None,
                                         config=config, code_version=code, upstream=upstream)
     check_mixture_domains(cfg, items["corpus"].manifest, items["filtered"].manifest)
@@ -231,7 +213,8 @@ def nearest_output(store: Store, stage: str, config: dict) -> Manifest | None:
     return min(store.list(stage), key=distance, default=None)
 
 
-def _why_new(config: dict, code: str, last: Manifest | None, upstream: dict[str, Manifest]) -> str:
+def _why_new(spec: StageSpec, config: dict, code: str, last: Manifest | None,
+             upstream: dict[str, Manifest]) -> str:
     """Explain a cache miss against the nearest earlier output of the stage: config diff, code or upstream."""
     if last is None:
         return "never materialized"
@@ -241,7 +224,9 @@ def _why_new(config: dict, code: str, last: Manifest | None, upstream: dict[str,
     if changed:
         reasons.append("config " + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5]))
     if last.code_version != code:
-        reasons.append("code changed")
+        # Manifests written before per-module digests were kept cannot say which module changed.
+        modules = changed_modules(last.code_modules, module_digests(spec.code_modules)) if last.code_modules else []
+        reasons.append(f"code changed: {', '.join(modules)}" if modules else "code changed")
     moved = [n for n in upstream if last.upstream.get(n) != upstream[n].content_hash]
     if moved:
         reasons.append(f"upstream {', '.join(moved)} changed")

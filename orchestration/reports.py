@@ -8,7 +8,6 @@ so an unchanged experiment reuses its report and a re-trained arm gets a new one
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +15,10 @@ from pathlib import Path
 import yaml
 
 from evaluation.compare import ArmRecord, Comparison, build_comparison, load_arm
+from orchestration.code_identity import combined_version, module_digests
 from orchestration.experiments import Experiment
 from orchestration.lab import Lab, lab_for
-from orchestration.lineage import PlanItem, source_digest
+from orchestration.lineage import PlanItem
 from orchestration.store import Manifest, Store, fingerprint
 
 REPORT_MODULES = ("evaluation.compare", "evaluation.compare_plots", "orchestration.reports")
@@ -47,7 +47,7 @@ def report_fingerprint(experiment: Experiment, arms: list[ArmOutputs]) -> str:
     identity = {"arms": [[a.name, a.params, a.overrides] for a in arms], "baseline": experiment.baseline_arm}
     upstream = {f"{a.name}/{stage}": a.items[stage].manifest.content_hash for a in arms
                 for stage in ("checkpoint", "eval")}
-    code = hashlib.sha256("".join(source_digest(m) for m in REPORT_MODULES).encode()).hexdigest()[:12]
+    code = combined_version(module_digests(REPORT_MODULES))
     return fingerprint("report", code, identity, upstream)
 
 

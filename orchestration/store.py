@@ -19,6 +19,7 @@ from pathlib import Path
 from orchestration.locks import file_lock
 
 MANIFEST = "manifest.json"
+REPORT_DIR = "report"  # derived, human-facing files of an output: plots, tables, timings (not content)
 
 
 def stable_json(value: object) -> str:
@@ -45,14 +46,24 @@ def flatten(value: object, prefix: str = "") -> dict[str, object]:
 
 
 def content_hash(folder: Path) -> str:
-    """Hash of every file's relative path and bytes (the manifest itself excluded)."""
+    """Hash of every content file's relative path and bytes.
+
+    Not content, so not hashed: ``manifest.json`` (statistics, build time, run ids) and everything under
+    ``report/`` (plots, human tables, timings). Those may differ between two builds with the same inputs; the
+    rest must not, so that a rebuild gives the same hash. DVC still versions them with the output. Downstream
+    stages read content only, never ``report/``: what they read must be part of the hash.
+    """
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and _is_content(p.relative_to(folder))):
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()[:16]
+
+
+def _is_content(relative: Path) -> bool:
+    return relative.name != MANIFEST and relative.parts[0] != REPORT_DIR
 
 
 @dataclass
@@ -68,6 +79,8 @@ class Manifest:
     build_seconds: float = 0.0
     mlflow_run_id: str = ""
     dagster_run_id: str = ""
+    # The digest of each code module behind code_version, so a plan can say which module changed.
+    code_modules: dict[str, str] = field(default_factory=dict)
 
     def save(self, folder: Path) -> None:
         (folder / MANIFEST).write_text(json.dumps(asdict(self), indent=2, sort_keys=True, default=str))

@@ -37,7 +37,7 @@ from orchestration.graph import build_graph
 from orchestration.lineage import STAGES, plan
 from orchestration.resources import LabResource
 from orchestration.store import Store, content_hash
-from training.tracking import step_log
+from training.outputs import step_log
 
 pytestmark = pytest.mark.e2e
 TINY = ["experiment=tiny"]

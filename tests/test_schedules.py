@@ -6,9 +6,10 @@ import pytest
 import torch
 from torchtitan.components.optimizer import LRSchedulersContainer
 
+from evaluation.plots import plot_lr_schedule
 from training.config import TrainConfig
 from training.lr_schedulers import LabLRSchedulers
-from training.schedules import SCHEDULES, Schedule, lr_factor, plot_schedule
+from training.schedules import SCHEDULES, Schedule, lr_factor
 
 TOTAL = 200
 
@@ -110,6 +111,6 @@ def test_bad_names_list_the_choices() -> None:
         Schedule("wsd", 10, decay_shape="sqrt")
 
 
-def test_plot_schedule_writes_a_png(tmp_path: Path) -> None:
-    path = plot_schedule(TrainConfig(steps=50, warmup_steps=5), tmp_path / "lr.png")
+def test_plot_lr_schedule_writes_a_png(tmp_path: Path) -> None:
+    path = plot_lr_schedule(TrainConfig(steps=50, warmup_steps=5), tmp_path / "lr.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

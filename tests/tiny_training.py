@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from evaluation.perplexity import ValSplit
 from training.config import ModelConfig, ParallelConfig, TrainConfig
 from training.job import TrainJob, launch_command
-from training.tracking import step_log
+from training.outputs import TIMING_SUMMARY_FILE, step_log
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "the a cat dog bird sat ran flew on under over mat tree house red blue small big and then".split()
@@ -89,9 +89,10 @@ def start_job(job: TrainJob, env: dict[str, str] | None = None, seed_checkpoint:
 
 
 def run_job(job: TrainJob, env: dict[str, str] | None = None) -> dict:
-    """Run `job` to the end; its train_summary.json."""
+    """Run `job` to the end; its train_summary.json with the timings of report/train_timings.json."""
     finish(start_job(job, env))
-    return json.loads(Path(job.output_dir, "train_summary.json").read_text())
+    summary = json.loads(Path(job.output_dir, "train_summary.json").read_text())
+    return {**summary, **json.loads(Path(job.output_dir, TIMING_SUMMARY_FILE).read_text())}
 
 
 def write_seed_checkpoint(job: TrainJob) -> Path:

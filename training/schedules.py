@@ -5,14 +5,13 @@ steps already taken (torchtitan's LambdaLR convention): training step s runs wit
 factor at `total_steps` is the end of the schedule. Every schedule starts with a linear warmup from
 `warmup_start_ratio` to 1; for rewarming in continual pretraining, a child run starts its step count at 0 from the
 parent's weights and warms up again to its own peak (from ~0 by default, or from the parent's final LR ratio).
-Pure Python (no torch): the orchestration process plots schedules without loading the training stack;
-training.lr_schedulers plugs them into torchtitan.
+Pure Python (no torch): the orchestration process plots schedules (evaluation.plots) without loading the training
+stack; training.lr_schedulers plugs them into torchtitan.
 """
 
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from training.config import TrainConfig
 
@@ -105,23 +104,3 @@ def lr_factor(s: Schedule, step: int) -> float:
         return s.warmup_start_ratio + (1.0 - s.warmup_start_ratio) * (step + 1) / s.warmup_steps
     return SCHEDULES[s.name](s, step)
 
-
-def plot_schedule(t: TrainConfig, path: Path) -> Path:
-    """A PNG of the learning rate over the run's steps, as the trainer will apply it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    s = Schedule.from_train(t)
-    steps = range(1, t.steps + 1)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(list(steps), [t.lr * lr_factor(s, step - 1) for step in steps])
-    ax.set_xlabel("training step")
-    ax.set_ylabel("learning rate")
-    ax.set_title(f"LR schedule: {s.name}")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

@@ -1,13 +1,14 @@
-"""Where the per-step training metrics go: MLflow, Dagster Pipes and the run summary.
+"""Where the per-step training metrics go: the step log, MLflow, Dagster Pipes and the run's timings.
 
 torchtitan's MetricsProcessor computes the metrics (global loss, grad norm, throughput, FLOPs, memory, lr) and hands
-them to a logger; `LabMetricsProcessor` swaps that logger for a `RunRecorder` on rank 0. MFU is torchtitan's: its
+them to a logger; `LabMetricsProcessor` swaps that logger for a `RunRecorder` on rank 0. The recorder writes each
+step's content (training.outputs decides its bytes) and, apart from it, the step's timings to ``report/``. MFU is
+torchtitan's: its
 FLOPs per token of the model config times tokens/s per device, over the device's bf16 peak (torchtitan's table on
 GPU; on CPU only where a peak is configured, since no table entry means anything there). Pipes is reached
 through the standalone dagster_pipes package only: this process never imports dagster.
 """
 
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from torchtitan.components.metrics import BaseLogger, MetricsProcessor
 from torchtitan.distributed import ParallelDims
 from torchtitan.tools.utils import get_peak_flops
 
-STEPS_FILE = "train_steps.jsonl"  # one JSON line per logged step, appended as training goes
+from training.outputs import STEPS_FILE, TIMINGS_FILE, RowLog, step_row
 
 
 @contextmanager
@@ -42,15 +43,14 @@ class RunRecorder(BaseLogger):
         world_size: int,
         mlflow_tracking_uri: str | None,
         mlflow_run_id: str | None,
-        steps_file: Path,
+        output_dir: Path,
         peak_flops: float | None = None,
     ):
         self.world_size = world_size
         self.peak_flops = peak_flops  # per device; None: no MFU
         self.flops_per_token: float | None = None
-        # One JSON line per logged step, flushed at once, so the curve survives a killed run. A resumed run
-        # logs the steps after its checkpoint again: the last line of a step is the one that counts.
-        self.steps_file = steps_file.open("a")
+        self.steps = RowLog(output_dir / STEPS_FILE)
+        self.timings = RowLog(output_dir / TIMINGS_FILE)
         self.mlflow = None
         self.mlflow_run_id = mlflow_run_id
         if mlflow_tracking_uri and mlflow_run_id:
@@ -62,15 +62,10 @@ class RunRecorder(BaseLogger):
         self.loss_curve: list[list[float]] = []
         self.logged: list[tuple[float, int]] = []  # (wall clock, global tokens seen) at each logged step
 
-    def step_row(self, metrics: dict[str, Any]) -> dict[str, float]:
-        """The metrics we record for one logged step, from torchtitan's."""
+    def timing_row(self, metrics: dict[str, Any]) -> dict[str, float]:
+        """The wall-clock figures of one logged step, from torchtitan's metrics."""
         tokens_per_device = float(metrics["throughput(tps)"])  # torchtitan's: over the interval since the last log
-        row = {
-            "loss": float(metrics["loss_metrics/global_avg_loss"]),
-            "lr": next(float(v) for k, v in metrics.items() if k.startswith("lr/")),
-            "tokens_per_second": tokens_per_device * self.world_size,
-            "grad_norm": float(metrics["grad_norm"]),
-        }
+        row = {"tokens_per_second": tokens_per_device * self.world_size}
         if self.peak_flops and tokens_per_device > 0:
             self.flops_per_token = float(metrics["tflops"]) * 1e12 / tokens_per_device
             row["mfu"] = 100 * self.flops_per_token * tokens_per_device / self.peak_flops  # percent
@@ -80,10 +75,11 @@ class RunRecorder(BaseLogger):
         return row
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        row = self.step_row(metrics)
-        self.loss_curve.append([step, row["loss"]])
-        self.steps_file.write(json.dumps({"step": step, **row}) + "\n")
-        self.steps_file.flush()
+        content, timings = step_row(metrics), self.timing_row(metrics)
+        self.loss_curve.append([step, content["loss"]])
+        self.steps.append(step, content)
+        self.timings.append(step, timings)
+        row = {**content, **timings}
         self.logged.append((time.perf_counter(), int(metrics["n_tokens_seen"])))
         if self.mlflow is not None:
             from mlflow.entities import Metric
@@ -98,7 +94,8 @@ class RunRecorder(BaseLogger):
     def close(self) -> None:
         for operation in self.pending:
             operation.wait()
-        self.steps_file.close()
+        self.steps.close()
+        self.timings.close()
 
     def mean_tokens_per_second(self) -> float | None:
         """Global tokens/s from the first logged step to the last, so start-up time is left out."""
@@ -113,19 +110,11 @@ class RunRecorder(BaseLogger):
             return None
         return 100 * self.flops_per_token * tokens_per_second / (self.world_size * self.peak_flops)
 
-    def summary(self, steps: int, tokens_seen: int, wall_seconds: float) -> dict[str, Any]:
-        """The steps this process ran (after a resume: from the checkpoint on); steps and tokens are totals."""
+    def run_timings(self, wall_seconds: float) -> dict[str, float | None]:
+        """The wall-clock figures of the steps this process ran."""
         tokens_per_second = self.mean_tokens_per_second()
-        return {
-            "first_loss": self.loss_curve[0][1] if self.loss_curve else None,
-            "final_loss": self.loss_curve[-1][1] if self.loss_curve else None,
-            "steps": steps,
-            "tokens_seen": tokens_seen,
-            "tokens_per_second": tokens_per_second,
-            "mfu": self.mean_mfu(tokens_per_second),
-            "wall_seconds": wall_seconds,
-            "loss_curve": self.loss_curve,
-        }
+        return {"tokens_per_second": tokens_per_second, "mfu": self.mean_mfu(tokens_per_second),
+                "wall_seconds": wall_seconds}
 
     def report_summary(self, summary: dict[str, Any]) -> None:
         if self.pipes is not None:
@@ -150,10 +139,8 @@ class LabMetricsProcessor(MetricsProcessor):
             raise NotImplementedError("metrics reporting under pipeline parallelism")
         if torch.distributed.get_rank() != 0:
             return BaseLogger()
-        steps_file = Path(dump_folder, STEPS_FILE)
-        steps_file.parent.mkdir(parents=True, exist_ok=True)
-        return RunRecorder(parallel_dims.world_size, config.mlflow_tracking_uri, config.mlflow_run_id, steps_file,
-                           peak_flops(config.peak_tflops))
+        return RunRecorder(parallel_dims.world_size, config.mlflow_tracking_uri, config.mlflow_run_id,
+                           Path(dump_folder), peak_flops(config.peak_tflops))
 
 
 def peak_flops(configured_tflops: float | None) -> float | None:
@@ -164,9 +151,3 @@ def peak_flops(configured_tflops: float | None) -> float | None:
         return get_peak_flops(torch.cuda.get_device_name())
     return None
 
-
-def step_log(output_dir: str | Path) -> dict[int, dict[str, Any]]:
-    """Every logged step's row from <output_dir>/train_steps.jsonl, in step order; after a resume the rerun wins."""
-    path = Path(output_dir, STEPS_FILE)
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    return {row["step"]: row for row in sorted(rows, key=lambda row: row["step"])}

@@ -7,7 +7,6 @@ from its last complete checkpoint; a job with an init section starts from a pare
 """
 
 import argparse
-import json
 import os
 import time
 from datetime import timedelta
@@ -32,6 +31,7 @@ from training.data import TokenFileDataLoader
 from training.job import TrainJob, check_init
 from training.lr_schedulers import LabLRSchedulers
 from training.model import llama3_spec
+from training.outputs import SUMMARY_FILE, TIMING_SUMMARY_FILE, drop_checkpoint_save_ids, run_summary, write_json
 from training.tracking import LabMetricsProcessor, RunRecorder, pipes_session
 
 
@@ -134,13 +134,18 @@ def run(job: TrainJob, started: float, seed_checkpoint: bool) -> None:
             trainer.train()
     finally:
         trainer.close()
+    if torch.distributed.get_rank() == 0:  # every save is complete once the trainer is closed
+        drop_checkpoint_save_ids(job.output_dir)
     recorder = trainer.metrics_processor.logger
     # Rank 0 writes the summary of the steps it ran; a rerun of a finished job runs none and keeps the old one.
+    # Its timings go apart, to report/, so that the summary's bytes are those of any rerun of the job.
     if isinstance(recorder, RunRecorder) and recorder.loss_curve:
         tokens_seen = trainer.step * job.train.global_batch_size * job.train.seq_len
-        summary = recorder.summary(trainer.step, tokens_seen, time.perf_counter() - started)
-        Path(job.output_dir, "train_summary.json").write_text(json.dumps(summary, indent=2))
-        recorder.report_summary(summary)
+        summary = run_summary(recorder.loss_curve, trainer.step, tokens_seen)
+        timings = recorder.run_timings(time.perf_counter() - started)
+        write_json(Path(job.output_dir, SUMMARY_FILE), summary)
+        write_json(Path(job.output_dir, TIMING_SUMMARY_FILE), timings)
+        recorder.report_summary({**summary, **timings})
     torch.distributed.destroy_process_group()
 
 
