@@ -20,7 +20,7 @@ from tiny_training import make_corpus, run_job, synthetic_text, tiny_job
 from curation.documents import DOCUMENTS_FILE, make_document, write_documents
 from curation.tokenizer import TokenizerConfig, train_tokenizer
 from orchestration.code_identity import module_digests
-from orchestration.config import ExperimentConfig, compose_experiment, lab_home
+from orchestration.config import ExperimentConfig, lab_home, load_experiment
 from orchestration.lineage import STAGE_BY_NAME, STAGES, code_version, plan
 from orchestration.store import Manifest, Store, content_hash
 from training.outputs import STEPS_FILE, SUMMARY_FILE, TIMINGS_FILE, run_summary, step_log, timing_log
@@ -30,6 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("assets", "curation", "evaluation", "kernels", "orchestration", "training")
 # Imported by byte-deciding modules, but only to report: their code must not enter any stage's identity.
 REPORTING_MODULES = {"training.tracking", "curation.filter_stats"}
+# Config schemas and the weights check: what they hold reaches a fingerprint through the config slice, by value.
+CONFIG_MODULES = {"curation.config", "evaluation.config", "curation.weights"}
 WALL_CLOCK_KEYS = {"tokens_per_second", "mfu", "wall_seconds", "peak_memory_gib"}
 
 # Run in a copy of the repository: its stages' code versions, its modules' digests and, given overrides, its plan.
@@ -37,13 +39,13 @@ IDENTITY = """
 import json, sys
 import orchestration.lineage as lineage
 from orchestration.code_identity import module_digests
-from orchestration.config import compose_experiment, lab_home
+from orchestration.config import lab_home, load_experiment
 from orchestration.store import Store
 overrides, modules = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 found = {"file": lineage.__file__, "stages": {spec.name: lineage.code_version(spec) for spec in lineage.STAGES},
          "modules": module_digests(tuple(modules))}
 if overrides:
-    cfg, _ = compose_experiment(overrides)
+    cfg = load_experiment(overrides)
     items = lineage.plan(cfg, Store(lab_home(cfg) / "store"))
     found["plan"] = {item.stage: [item.action, item.reason] for item in items}
 print(json.dumps(found))
@@ -132,11 +134,14 @@ def test_plots_export_tracking_and_cli_code_rerun_nothing(tmp_path: Path) -> Non
 
 def fake_outputs_of_everything(cfg: ExperimentConfig, store: Store) -> None:
     """Commit an output for every stage of the plan, as this checkout's code would (fingerprint, digests)."""
+    # The per-domain counts the plan checks mixture weights against.
+    stats = {"domains": {d: {"documents": 1} for d in cfg.mixture.weights}, "kept_by_domain": dict.fromkeys(
+        cfg.mixture.weights, 1)}
     while pending := [item for item in plan(cfg, store) if item.action == "run"]:
         item = pending[0]
         assert item.fingerprint and item.upstream is not None, item.reason
         manifest = Manifest(item.stage, item.fingerprint, "", item.code_version, item.config or {},
-                            {name: m.content_hash for name, m in item.upstream.items()}, {},
+                            {name: m.content_hash for name, m in item.upstream.items()}, stats,
                             code_modules=module_digests(STAGE_BY_NAME[item.stage].code_modules))
 
         def build(folder: Path, manifest: Manifest = manifest) -> Manifest:
@@ -151,7 +156,7 @@ def test_a_loss_edit_reruns_training_and_the_plan_names_it(tmp_path: Path, monke
     checkpoint, and eval through the checkpoint's content hash, not through its own code."""
     monkeypatch.setenv("LAB_HOME", str(tmp_path / "lab"))
     overrides = ["experiment=tiny"]
-    cfg, _ = compose_experiment(overrides)
+    cfg = load_experiment(overrides)
     fake_outputs_of_everything(cfg, Store(lab_home(cfg) / "store"))
     copy = copy_sources(tmp_path)
     edit(copy, "training/train.py", "CrossEntropyLoss.Config(global_vocab_size=spec.model.vocab_size)",
@@ -182,7 +187,8 @@ def test_stage_lists_hold_every_module_their_modules_import() -> None:
                     names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
                              for a in node.names]
                 for name in (n for n in names if n in known):
-                    assert covered(name, modules) or name in REPORTING_MODULES, f"{stage}: {module} imports {name}"
+                    assert covered(name, modules) or name in REPORTING_MODULES | CONFIG_MODULES, \
+                        f"{stage}: {module} imports {name}"
 
 
 def test_report_folder_and_manifest_are_not_content(tmp_path: Path) -> None:
