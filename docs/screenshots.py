@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page, expect, sync_playwright
 
 from tests.webserver import Webserver, running_webserver
 
@@ -62,7 +62,7 @@ def open_page(page: Page, url: str) -> None:
 def settle(page: Page) -> None:
     """Wait until the page's queries are answered and drawn: network idle, no loading placeholder left."""
     page.wait_for_load_state("networkidle")
-    page.wait_for_function(f"!document.querySelector({LOADING!r})")
+    expect(page.locator(LOADING)).to_have_count(0, timeout=PAGE_TIMEOUT_MS)
 
 
 def asset_path(key: list[str]) -> str:
