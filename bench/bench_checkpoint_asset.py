@@ -22,14 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from dagster import AssetKey, DagsterInstance, materialize
-
 from orchestration.cli import prepare_dagster_home
-from orchestration.compose import compose_experiment
-from orchestration.config import lab_home
-from orchestration.definitions import versioned_assets
+from orchestration.config import lab_home, load_experiment
+from orchestration.experiments import Arm, Experiment
+from orchestration.graph import build_graph
 from orchestration.lineage import plan
-from orchestration.resources import LabResource
+from orchestration.runner import Selection, execute
 from orchestration.store import Store
 from training.job import TrainJob, launch_command
 from training.outputs import TIMING_SUMMARY_FILE
@@ -42,24 +40,22 @@ def overrides_for(repeat: int, extra: list[str]) -> list[str]:
 
 
 def materialize_stages(overrides: list[str], stages: list[str]) -> None:
-    result = materialize(
-        versioned_assets(overrides), selection=[AssetKey(stage) for stage in stages], instance=DagsterInstance.get(),
-        resources={"lab": LabResource(overrides=overrides)},
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},  # events still reach Dagster
-    )
-    assert result.success, f"materializing {stages} failed"
+    """One Dagster run of these stages of a one-arm experiment, as `lab materialize` runs an arm."""
+    graph = build_graph([Experiment("bench", [Arm("bench", overrides)])])
+    paths = graph.arm("bench", "bench").paths
+    assert execute(graph, Selection([paths[stage] for stage in stages], "bench", "bench")), f"{stages} failed"
 
 
 def asset_tokens_per_second(overrides: list[str]) -> float:
     materialize_stages(overrides, ["checkpoint"])
-    cfg, _ = compose_experiment(overrides)
+    cfg = load_experiment(overrides)
     items = {item.stage: item for item in plan(cfg, Store(lab_home(cfg) / "store"))}
     return items["checkpoint"].manifest.stats["tokens_per_second"]
 
 
 def by_hand_tokens_per_second(overrides: list[str], scratch: Path) -> float:
     """The job the asset launches (assets/checkpoint.py), on the same upstream outputs, without Dagster or MLflow."""
-    cfg, _ = compose_experiment(overrides)
+    cfg = load_experiment(overrides)
     store = Store(lab_home(cfg) / "store")
     items = {item.stage: item for item in plan(cfg, store)}
     output = scratch / f"by_hand_{cfg.train.seed}"

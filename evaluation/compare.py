@@ -46,7 +46,7 @@ def load_arm(name: str, params: dict[str, object], seed: int, tokens_per_step: i
              eval_dir: Path, results: dict[str, float] | None = None) -> ArmRecord:
     """An arm from a ``checkpoint`` output (train_steps.jsonl) and its ``eval`` output (eval.json)."""
     # Imported here: the step log's module brings torch and torchtitan, which the comparison itself never needs.
-    from training.tracking import step_log
+    from training.outputs import step_log
 
     evaluation = json.loads((Path(eval_dir) / "eval.json").read_text())
     return ArmRecord(

@@ -23,6 +23,7 @@ from dagster import (
     MetadataValue,
 )
 
+from orchestration.code_identity import module_digests
 from orchestration.config import ExperimentConfig
 from orchestration.lab import Lab, lab_for
 from orchestration.lineage import STAGE_BY_NAME, PlanItem
@@ -103,7 +104,8 @@ class LabResource(ConfigurableResource):
             return Manifest(stage=item.stage, fingerprint=item.fingerprint, content_hash="",
                             code_version=item.code_version, config=item.config,
                             upstream={n: m.content_hash for n, m in upstream.items()},
-                            stats=outcome["result"].stats, mlflow_run_id=run_id, dagster_run_id=context.run.run_id)
+                            stats=outcome["result"].stats, mlflow_run_id=run_id, dagster_run_id=context.run.run_id,
+                            code_modules=module_digests(spec.code_modules))
 
         manifest = lab.store.commit(item.stage, item.fingerprint, build_into, keep_partial=spec.resumable)
         return manifest, outcome["result"]
