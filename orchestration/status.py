@@ -23,9 +23,12 @@ def running_arms(home: Path) -> set[tuple[str, str]]:
 def arm_state(experiment: Experiment, arm_name: str, overrides: list[str], running: set[tuple[str, str]]) -> str:
     if (experiment.name, arm_name) in running or (experiment.name, "") in running:
         return "running"
-    stale = [item for item in lab_for(overrides).plan() if item.action == "run"]
+    items = lab_for(overrides).plan()
+    stale = [item for item in items if item.action == "run"]
     if not stale:
         return "materialized"
+    if all(item.manifest is None for item in items):  # nothing of this arm exists yet
+        return "not materialized"
     return f"stale: {stale[0].stage} ({stale[0].reason})" + (f" and {len(stale) - 1} below" if len(stale) > 1 else "")
 
 

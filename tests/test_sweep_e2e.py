@@ -73,17 +73,30 @@ def test_the_asset_graph_of_the_webserver_holds_every_arm_and_the_parent_edges(l
 def test_the_report_holds_plots_and_the_table_and_mlflow_lines_the_arms_up(lab: Path) -> None:
     [record_] = materializations([NAME, "report"])
     metadata = record_.asset_materialization.metadata
-    assert metadata["table"].value.count("| docs=") == 6
+    arms = [arm.name for arm in find_experiment(lab, NAME).arms]
+    assert all(f"| {arm} |" in metadata["table"].value for arm in arms)  # a row per arm
     assert metadata["plots"].value.count("data:image/png;base64,") >= 4
     client = MlflowClient(f"sqlite:///{lab / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(NAME)
     arm_runs = client.search_runs([experiment.experiment_id], "tags.`lab.kind` = 'arm'")
-    assert sorted(run.info.run_name for run in arm_runs) == sorted(a.name for a in find_experiment(lab, NAME).arms)
+    assert sorted(run.info.run_name for run in arm_runs) == sorted(arms)
     for run in arm_runs:  # what the compare view charts: the swept value against the result
         assert float(run.data.params["mixture.weights.docs"]) in (0.1, 0.3, 0.5)
         assert 0 < run.data.metrics["final_val_loss"] < 8
     stage_runs = client.search_runs([experiment.experiment_id], "tags.`lab.stage` = 'checkpoint'")
     assert {run.data.tags["mlflow.parentRunId"] for run in stage_runs} == {run.info.run_id for run in arm_runs}
+
+
+def test_lab_experiments_and_lab_report_say_where_things_stand(lab: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["experiments"]) == 0
+    listing = capsys.readouterr().out
+    sweep = listing[listing.index(f"{NAME}  (recorded by lab, 6 arms)"):]
+    assert sweep.count("materialized") == 6
+    assert "not materialized" in listing[listing.index("demo  (conf/experiment"):]  # nothing of the demo ran
+    assert main(["report", NAME]) == 0
+    report = capsys.readouterr().out
+    assert all(f"| {arm.name} |" in report for arm in find_experiment(lab, NAME).arms)
+    assert "final_by_setting.png" in report
 
 
 def test_changing_one_arm_marks_exactly_its_assets_stale(lab: Path) -> None:
