@@ -12,8 +12,11 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from orchestration.leases import Holder, LeaseTiming, hold_lease
 
 MANIFEST = "manifest.json"
 
@@ -93,10 +96,25 @@ class Store:
         # Deterministic, so a stage that can resume (training) finds its own interrupted work again.
         return self.root / stage / f".partial-{fp}"
 
+    def lease(
+        self, stage: str, fp: str, holder: str, on_wait: Callable[[str], None] | None = None,
+        timing: LeaseTiming | None = None,
+    ) -> AbstractContextManager[Holder]:
+        """The right to build ``stage``/``fp``, held for a ``with`` block; see orchestration.leases.
+
+        Runs that share the store take it around ``find`` and ``commit``, so an output is built once and the others
+        wait, then reuse it; when its holder dies, one waiter takes over (and resumes a resumable partial).
+        """
+        path = self.root / stage / f".lease-{fp}"
+        return hold_lease(path, holder, f"{stage} {fp}", on_wait, timing or LeaseTiming())
+
     def commit(
         self, stage: str, fp: str, build: Callable[[Path], Manifest], keep_partial: bool = False
     ) -> Manifest:
-        """Build into a partial folder, then rename it into place: readers never see half an output."""
+        """Build into a partial folder, then rename it into place: readers never see half an output.
+
+        Callers hold ``lease(stage, fp, ...)`` so that no other process builds into the same partial folder.
+        """
         partial = self.partial_path(stage, fp)
         if partial.exists() and not keep_partial:
             shutil.rmtree(partial)
