@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import shutil
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from orchestration.tracking import Tracker
+from orchestration.versioning import DvcStore
 
 SPAWN = multiprocessing.get_context("spawn")
 STEPS = 30
@@ -43,3 +45,35 @@ def test_trackers_start_together_on_a_fresh_home(tmp_path: Path) -> None:
     runs = client.search_runs([client.get_experiment_by_name("shared").experiment_id])
     assert len(runs) == 4 and {run.info.status for run in runs} == {"FINISHED"}
     assert all(len(client.get_metric_history(run.info.run_id, "loss")) == STEPS for run in runs)
+
+
+def version_one_output(store_root: str, remote: str, name: str, start, errors) -> None:
+    try:
+        dvc = DvcStore(Path(store_root), remote, {})
+        output = Path(store_root, "stage", name)
+        output.mkdir(parents=True)
+        (output / "data.bin").write_bytes(name.encode() * 1000)
+        start.wait()
+        dvc.add_and_push(output)
+    except Exception as error:
+        errors.put(f"{type(error).__name__}: {error}")
+        raise
+
+
+def test_dvc_versions_outputs_of_runs_at_once_on_a_fresh_store(tmp_path: Path) -> None:
+    store, remote, names = tmp_path / "store", str(tmp_path / "remote"), ["a", "b", "c"]
+    start, errors = SPAWN.Barrier(len(names)), SPAWN.Queue()
+    workers = [SPAWN.Process(target=version_one_output, args=(str(store), remote, name, start, errors))
+               for name in names]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+    assert errors.empty(), errors.get()
+    dvc = DvcStore(store, remote, {})
+    assert all(dvc.pointer(store / "stage" / name) is not None for name in names)
+    shutil.rmtree(store / ".dvc" / "cache")
+    for name in names:
+        shutil.rmtree(store / "stage" / name)
+        dvc.pull(f"stage/{name}.dvc")
+        assert (store / "stage" / name / "data.bin").read_bytes() == name.encode() * 1000
