@@ -29,16 +29,18 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def initialize_once(marker: Path, initialize: Callable[[], None]) -> None:
-    """Run ``initialize`` unless ``marker`` says it already ran; of several processes at once, one runs it.
+def initialize_once(marker: Path, initialize: Callable[[], None], creates: Path) -> None:
+    """Run ``initialize``, which creates ``creates``, unless ``marker`` says it already ran; of several processes at
+    once, one runs it and the others wait for it.
 
     The marker is written only after ``initialize`` returns, so a crash part-way means the next process runs it
-    again (``initialize`` must cope with its own half-done work). Once it exists, callers skip the lock entirely.
+    again (``initialize`` must cope with its own half-done work). Once it exists, callers skip the lock entirely;
+    if ``creates`` was deleted since, the marker is stale and ``initialize`` runs again.
     """
-    if marker.exists():
+    if marker.exists() and creates.exists():
         return
     with file_lock(marker.with_name(marker.name + ".lock")):
-        if marker.exists():  # another process finished while we waited
+        if marker.exists() and creates.exists():  # another process finished while we waited
             return
         initialize()
         marker.touch()

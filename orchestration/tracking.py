@@ -56,9 +56,7 @@ class Tracker:
             # once break it for good ("table _alembic_tmp_... already exists"). So the first client on a lab home
             # does it alone, under a lock; later processes see the marker and skip the lock.
             marker = database.with_name(database.name + ".initialized")
-            if not database.exists():  # a store deleted since: initialize again
-                marker.unlink(missing_ok=True)
-            initialize_once(marker, lambda: MlflowClient(tracking_uri))
+            initialize_once(marker, lambda: MlflowClient(tracking_uri), creates=database)
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root

@@ -77,3 +77,36 @@ def test_dvc_versions_outputs_of_runs_at_once_on_a_fresh_store(tmp_path: Path) -
         shutil.rmtree(store / "stage" / name)
         dvc.pull(f"stage/{name}.dvc")
         assert (store / "stage" / name / "data.bin").read_bytes() == name.encode() * 1000
+
+
+def materialize_in_shared_instance(home: str, start, errors) -> None:
+    """One `lab materialize` as Dagster sees it: the lab home's instance, one in-process run."""
+    try:
+        import dagster
+
+        from orchestration.dagster_home import open_instance
+
+        @dagster.asset
+        def answer() -> int:
+            return 42
+
+        start.wait()
+        assert dagster.materialize([answer], instance=open_instance(Path(home))).success
+    except Exception as error:
+        errors.put(f"{type(error).__name__}: {error}")
+        raise
+
+
+def test_dagster_runs_start_together_on_a_fresh_home(tmp_path: Path) -> None:
+    start, errors = SPAWN.Barrier(3), SPAWN.Queue()
+    workers = [SPAWN.Process(target=materialize_in_shared_instance, args=(str(tmp_path), start, errors))
+               for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+    assert errors.empty(), errors.get()
+    from orchestration.dagster_home import open_instance
+
+    runs = open_instance(tmp_path).get_runs()
+    assert len(runs) == 3 and all(run.is_success for run in runs)
