@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestration.cli import prepare_dagster_home
 from orchestration.config import lab_home, load_experiment
+from orchestration.dagster_home import prepare_dagster_home
 from orchestration.experiments import Arm, Experiment
 from orchestration.graph import build_graph
 from orchestration.lineage import plan

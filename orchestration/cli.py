@@ -12,13 +12,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 import time
-from pathlib import Path
 
-from orchestration.config import REPO_ROOT, ConfigError, default_lab_home, load_experiment
+from orchestration.config import ConfigError, default_lab_home, load_experiment
 from orchestration.experiments import (
     Arm,
     Experiment,
@@ -34,15 +31,6 @@ from orchestration.lineage import PlanItem, resolve_parent
 UI_HINT = """Look at the results:
   make ui      Dagster UI on http://127.0.0.1:3000 (lineage, staleness, metadata), MLflow UI on http://127.0.0.1:5000
   lab plan     what an override would re-materialize, and why"""
-
-
-def prepare_dagster_home(home: Path) -> Path:
-    """The Dagster instance lives in the lab home, configured by the repository's dagster.yaml."""
-    dagster_home = home / "dagster"
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
-    os.environ["DAGSTER_HOME"] = str(dagster_home)
-    return dagster_home
 
 
 def expand_sweep(overrides: list[str]) -> list[list[str]]:
@@ -100,15 +88,14 @@ def summary_line(item: PlanItem) -> str:
 
 
 def materialize_experiment(experiment: Experiment) -> bool:
-    from dagster import DagsterInstance
-
     from orchestration import runner
+    from orchestration.dagster_home import open_instance
     from orchestration.graph import REPORT, build_graph
     from orchestration.lab import lab_for
     from orchestration.webserver import reload_running_webserver
 
     home = default_lab_home()
-    prepare_dagster_home(home)
+    instance = open_instance(home)
     for arm in experiment.arms:  # parents first: a child's plan needs the parent's checkpoint
         parent = resolve_parent(lab_for(arm.overrides).cfg, lab_for(arm.overrides).store)
         if parent is not None and parent.manifest is None:
@@ -119,7 +106,7 @@ def materialize_experiment(experiment: Experiment) -> bool:
         record(home, experiment)
     if reload_running_webserver(home):
         print("The Dagster UI reloaded its definitions: the experiment's arms are there.")
-    closed = runner.close_dead_runs(DagsterInstance.get())
+    closed = runner.close_dead_runs(instance)
     if closed:
         print(f"Closed {len(closed)} run(s) whose process had died: {', '.join(closed)}")
     started = time.time()
@@ -165,10 +152,11 @@ def summarize(experiment: Experiment, seconds: float) -> None:
 def run_arm(experiment_name: str, arm_name: str) -> bool:
     """One arm's stale assets in one Dagster run (``lab materialize`` starts this per arm, side by side)."""
     from orchestration import runner
+    from orchestration.dagster_home import open_instance
     from orchestration.graph import build_graph
 
     home = default_lab_home()
-    prepare_dagster_home(home)
+    open_instance(home)
     experiment = find_experiment(home, experiment_name)
     graph = build_graph(known_experiments(home))
     keys = runner.stale_keys(graph, experiment)[arm_name]

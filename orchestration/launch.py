@@ -18,7 +18,9 @@ class LaunchConfig(Config):
 
 
 def lab_command(config: LaunchConfig) -> list[str]:
-    return [sys.executable, "-m", "orchestration.cli", "materialize", *(["-m"] if config.multirun else []),
+    # Under training.parent_death: a launch run whose process is killed takes its `lab materialize` with it.
+    return [sys.executable, "-m", "training.parent_death", sys.executable, "-m", "orchestration.cli", "materialize",
+            *(["-m"] if config.multirun else []),
             *(["--name", config.name] if config.name else []), *config.overrides]
 
 

@@ -97,7 +97,9 @@ def run_arms_side_by_side(experiment: Experiment, own: dict[str, list[list[str]]
     while pending or running:
         while pending and len(running) < max_parallel_runs():
             arm = pending.pop(0)
-            command = [sys.executable, "-m", "orchestration.cli", "run-arm", experiment.name, arm]
+            # Under training.parent_death: an arm's run (and its training) ends when this process is killed.
+            command = [sys.executable, "-m", "training.parent_death", sys.executable, "-m", "orchestration.cli",
+                       "run-arm", experiment.name, arm]
             running.append((arm, subprocess.Popen(command, cwd=REPO_ROOT)))
         arm, process = running[0]
         try:

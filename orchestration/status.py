@@ -10,12 +10,11 @@ from orchestration.lab import lab_for
 
 def running_arms(home: Path) -> set[tuple[str, str]]:
     """(experiment, arm) of the Dagster runs in progress on the lab's instance; "" for runs of several arms."""
-    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+    from dagster import DagsterRunStatus, RunsFilter
 
-    from orchestration.cli import prepare_dagster_home
+    from orchestration.dagster_home import open_instance
 
-    prepare_dagster_home(home)
-    runs = DagsterInstance.get().get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING,
+    runs = open_instance(home).get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED, DagsterRunStatus.STARTING,
                                                                 DagsterRunStatus.QUEUED]))
     return {(run.tags.get("lab/experiment", ""), run.tags.get("lab/arm", "")) for run in runs}
 

@@ -11,12 +11,12 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from orchestration.locks import file_lock
+from orchestration.leases import Holder, LeaseTiming, hold_lease
 
 MANIFEST = "manifest.json"
 REPORT_DIR = "report"  # derived, human-facing files of an output: plots, tables, timings (not content)
@@ -109,20 +109,29 @@ class Store:
             self._listed[stage] = [Manifest.load(p.parent) for p in sorted(folder.glob(f"*/{MANIFEST}"))]
         return self._listed[stage]
 
-    @contextmanager
-    def lease(self, stage: str, fp: str, holder: str, on_wait=None) -> Iterator[None]:
-        """Placeholder until the concurrency branch lands."""
-        with file_lock(self.root / stage / f".lease-{fp}"):
-            yield
-
     def partial_path(self, stage: str, fp: str) -> Path:
         # Deterministic, so a stage that can resume (training) finds its own interrupted work again.
         return self.root / stage / f".partial-{fp}"
 
+    def lease(
+        self, stage: str, fp: str, holder: str, on_wait: Callable[[str], None] | None = None,
+        timing: LeaseTiming | None = None,
+    ) -> AbstractContextManager[Holder]:
+        """The right to build ``stage``/``fp``, held for a ``with`` block; see orchestration.leases.
+
+        Runs that share the store take it around ``find`` and ``commit``, so an output is built once and the others
+        wait, then reuse it; when its holder dies, one waiter takes over (and resumes a resumable partial).
+        """
+        path = self.root / stage / f".lease-{fp}"
+        return hold_lease(path, holder, f"{stage} {fp}", on_wait, timing or LeaseTiming())
+
     def commit(
         self, stage: str, fp: str, build: Callable[[Path], Manifest], keep_partial: bool = False
     ) -> Manifest:
-        """Build into a partial folder, then rename it into place: readers never see half an output."""
+        """Build into a partial folder, then rename it into place: readers never see half an output.
+
+        Callers hold ``lease(stage, fp, ...)`` so that no other process builds into the same partial folder.
+        """
         partial = self.partial_path(stage, fp)
         if partial.exists() and not keep_partial:
             shutil.rmtree(partial)

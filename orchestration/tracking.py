@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from orchestration.config import REPO_ROOT
-from orchestration.locks import file_lock
+from orchestration.locks import file_lock, initialize_once
 from orchestration.store import flatten
 
 # MLflow's limits for one log_batch call.
@@ -39,6 +41,13 @@ def numeric_leaves(stats: dict) -> dict[str, float]:
     return {k: float(v) for k, v in flatten(stats).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def sqlite_database(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI; None for other stores (a server, PostgreSQL)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return Path(tracking_uri.removeprefix("sqlite:///").split("?")[0])
+
+
 class Tracker:
     """One MLflow experiment per lab experiment; in it a run per arm, and each stage's run nested under its arm's.
 
@@ -47,6 +56,13 @@ class Tracker:
     """
 
     def __init__(self, tracking_uri: str, artifact_root: Path, ui_url: str = ""):
+        database = sqlite_database(tracking_uri)
+        if database is not None:
+            # A new client creates and migrates a SQLite store that is not there yet; two processes doing that at
+            # once break it for good ("table _alembic_tmp_... already exists"). So the first client on a lab home
+            # does it alone, under a lock; later processes see the marker and skip the lock.
+            marker = database.with_name(database.name + ".initialized")
+            initialize_once(marker, lambda: MlflowClient(tracking_uri), creates=database)
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
@@ -56,7 +72,12 @@ class Tracker:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
-        return self.client.create_experiment(name, artifact_location=(self.artifact_root / name).as_uri())
+        try:
+            return self.client.create_experiment(name, artifact_location=(self.artifact_root / name).as_uri())
+        except MlflowException as error:  # another process created it since we looked
+            if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+            return self.client.get_experiment_by_name(name).experiment_id
 
     def arm_run(self, experiment: str, arm: str) -> str:
         """The arm's run in the experiment, created on first use (under a lock: runs of one arm start together)."""

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import yaml
 
+from orchestration.locks import file_lock
+
 REMOTE_NAME = "lab"
+# DVC's own repository lock gives up after about 3 s, and `dvc push` of a checkpoint takes longer; runs that share
+# a lab home share its store, so every dvc command here waits for this lock first. It lies beside `.dvc`, not in
+# it, because `dvc init` refuses a `.dvc` folder that already exists.
+COMMAND_LOCK = ".dvc-commands.lock"
 
 
 class DvcError(RuntimeError):
@@ -27,6 +33,11 @@ class DvcStore:
         self.remote_options = remote_options
 
     def dvc(self, *args: str) -> str:
+        """Run one dvc command in the store; commands of all processes on one store run one at a time."""
+        with file_lock(self.root / COMMAND_LOCK):
+            return self._run(*args)
+
+    def _run(self, *args: str) -> str:
         result = subprocess.run(
             [sys.executable, "-m", "dvc", *args], cwd=self.root, capture_output=True, text=True, check=False
         )
@@ -36,13 +47,13 @@ class DvcStore:
 
     def ensure_repo(self) -> None:
         """Create the DVC repository and point its remote at the configured URL (idempotent)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        if not (self.root / ".dvc").is_dir():
-            self.dvc("init", "--no-scm", "--quiet")
-            self.dvc("config", "core.analytics", "false")
-        self.dvc("remote", "add", "--default", "--force", REMOTE_NAME, self.remote_url)
-        for key, value in self.remote_options.items():
-            self.dvc("remote", "modify", REMOTE_NAME, key, value)
+        with file_lock(self.root / COMMAND_LOCK):  # one lock over check and init: one process creates the repo
+            if not (self.root / ".dvc").is_dir():
+                self._run("init", "--no-scm", "--quiet")
+                self._run("config", "core.analytics", "false")
+            self._run("remote", "add", "--default", "--force", REMOTE_NAME, self.remote_url)
+            for key, value in self.remote_options.items():
+                self._run("remote", "modify", REMOTE_NAME, key, value)
 
     def add_and_push(self, output: Path) -> dict:
         """Version ``output`` (a folder under the store) and push it; returns the pointer as a dict."""

@@ -16,8 +16,8 @@ import psutil
 import pytest
 from dagster import AssetKey, DagsterInstance
 
-from orchestration.cli import prepare_dagster_home
 from orchestration.config import load_experiment
+from orchestration.dagster_home import prepare_dagster_home
 from orchestration.lineage import plan
 from orchestration.store import Store
 from training.outputs import step_log

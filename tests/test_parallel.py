@@ -59,14 +59,14 @@ def command_for(tmp_path: Path, **parallel: int | str) -> list[str]:
 
 def test_one_node_gets_a_private_rendezvous(tmp_path: Path) -> None:
     command = command_for(tmp_path, nproc_per_node=8)
-    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert command[:6] == [sys.executable, "-m", "training.parent_death", sys.executable, "-m", "torch.distributed.run"]
     assert "--standalone" in command and "--nproc_per_node=8" in command
     assert not any(flag.startswith(("--nnodes", "--rdzv")) for flag in command)
 
 
 def test_several_nodes_share_the_configured_rendezvous(tmp_path: Path) -> None:
     command = command_for(tmp_path, nproc_per_node=8, nnodes=4, rdzv_endpoint="node0:29400", rdzv_id="run-7")
-    flags = command[3 : command.index("training.train") - 1]
+    flags = command[command.index("torch.distributed.run") + 1 : command.index("training.train") - 1]
     assert flags == [
         "--nnodes=4",
         "--rdzv_backend=c10d",

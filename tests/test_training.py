@@ -201,4 +201,4 @@ def test_job_round_trip_and_launch_command(tmp_path: Path) -> None:
     assert TrainJob.load(tmp_path / "job.json") == job
     command = launch_command(tmp_path / "job.json")
     assert "--nproc_per_node=3" in command and command[-2:] == ["--job", str(tmp_path / "job.json")]
-    assert command[command.index("-m", 2) + 1] == "training.train"
+    assert command[command.index("-m", command.index("torch.distributed.run")) + 1] == "training.train"

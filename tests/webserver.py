@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from orchestration.dagster_home import prepare_dagster_home
 from orchestration.webserver import graphql, location_names, reload_location, webserver_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -123,14 +123,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def prepare_dagster_home(lab_home: Path) -> Path:
-    """``<lab home>/dagster`` with the repository's dagster.yaml, as ``make ui`` prepares it."""
-    dagster_home = lab_home / "dagster"
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
-    return dagster_home
 
 
 def server_environment(lab_home: Path, dagster_home: Path) -> dict[str, str]:

@@ -75,11 +75,15 @@ def launch_command(job_path: str | Path, seed_checkpoint: bool = False) -> list[
     cannot collide. Several nodes: every node runs this same command with the same job. Only local rank 0's
     output is shown, as torchtitan's own launcher does; a failing rank's traceback is still reported by torchrun.
     `seed_checkpoint`: one local rank writes the job's initial weights as checkpoint step-0 (see training.train).
+    torchrun runs under training.parent_death, so it (and then its ranks) dies when the process that ran it dies.
     """
     parallel = TrainJob.load(job_path).parallel
     if seed_checkpoint:
         parallel = ParallelConfig(nproc_per_node=1)
     return [
+        sys.executable,
+        "-m",
+        "training.parent_death",
         sys.executable,
         "-m",
         "torch.distributed.run",

@@ -32,6 +32,7 @@ from training.job import TrainJob, check_init
 from training.lr_schedulers import LabLRSchedulers
 from training.model import llama3_spec
 from training.outputs import SUMMARY_FILE, TIMING_SUMMARY_FILE, drop_checkpoint_save_ids, run_summary, write_json
+from training.parent_death import rank_dies_with_launcher
 from training.tracking import LabMetricsProcessor, RunRecorder, pipes_session
 
 
@@ -151,6 +152,7 @@ def run(job: TrainJob, started: float, seed_checkpoint: bool) -> None:
 
 @record  # a failing rank's traceback reaches torchrun's error report
 def main() -> None:
+    rank_dies_with_launcher()  # no orphaned rank training on after its torchrun (or the whole run) was killed
     started = time.perf_counter()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--job", required=True, help="TrainJob JSON file")
