@@ -14,7 +14,7 @@ from dagster import PipesSubprocessClient
 from evaluation.perplexity import list_checkpoints
 from evaluation.plots import plot_curves, plot_lr_schedule
 from orchestration.config import REPO_ROOT
-from orchestration.resources import StageResult, StageRun
+from orchestration.resources import StageResult, StageRun, inline_plots
 from orchestration.store import REPORT_DIR
 from training.config import InitConfig
 from training.job import TrainJob, launch_command
@@ -57,6 +57,6 @@ def build(run: StageRun) -> StageResult:
     return StageResult(
         stats,
         {"first_loss": summary["first_loss"], "final_loss": summary["final_loss"],
-         "tokens_per_second": timings["tokens_per_second"]},
+         "tokens_per_second": timings["tokens_per_second"], "plots": inline_plots([run.output / p for p in plots])},
         artifacts=[*plots, SUMMARY_FILE, TIMING_SUMMARY_FILE, LEDGER_FILE],
     )

@@ -9,7 +9,7 @@ from dagster import MetadataValue
 from evaluation.perplexity import DomainResult
 from evaluation.plots import plot_curves
 from evaluation.validation import EVAL_FILE, curve_checkpoints, evaluate_run, validation_splits
-from orchestration.resources import StageResult, StageRun
+from orchestration.resources import StageResult, StageRun, inline_plots
 from orchestration.store import REPORT_DIR
 
 
@@ -34,4 +34,5 @@ def build(run: StageRun) -> StageResult:
     # Numbers Dagster's plots tab charts over the asset's materializations.
     numbers = {f"bits_per_byte/{d}": r["bits_per_byte"] for d, r in stats.items()}
     numbers.update({f"loss/{d}": r["loss"] for d, r in stats.items()})
-    return StageResult(stats, {"per_domain": MetadataValue.md(table), **numbers}, artifacts=[EVAL_FILE, plot])
+    return StageResult(stats, {"per_domain": MetadataValue.md(table), "plot": inline_plots([run.output / plot]),
+                               **numbers}, artifacts=[EVAL_FILE, plot])

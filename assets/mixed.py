@@ -1,12 +1,10 @@
 """``mixed``: per-domain token shards, the validation split, and the phased training stream with its ledger."""
 
-import base64
-
 from dagster import MetadataValue
 
 from curation.ledger_report import ledger_markdown, ledger_plot
 from curation.mixture import build_mixture
-from orchestration.resources import StageResult, StageRun
+from orchestration.resources import StageResult, StageRun, inline_plots
 from orchestration.store import REPORT_DIR
 
 
@@ -16,7 +14,7 @@ def build(run: StageRun) -> StageResult:
     plot = f"{REPORT_DIR}/ledger.png"
     (run.output / REPORT_DIR).mkdir(exist_ok=True)
     # The plot inline, as in Dagster's tutorial: the UI shows it without serving files.
-    image = base64.b64encode(ledger_plot(stats["ledger"], run.output / plot).read_bytes()).decode()
+    ledger_plot(stats["ledger"], run.output / plot)
     metadata = {"tokens": stats["stream_tokens"], "ledger": MetadataValue.md(ledger_markdown(stats["ledger"])),
-                "ledger_plot": MetadataValue.md(f"![ledger](data:image/png;base64,{image})")}
+                "ledger_plot": inline_plots([run.output / plot])}
     return StageResult(stats, metadata, artifacts=["mixture.json", plot])

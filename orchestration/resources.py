@@ -9,6 +9,7 @@ builds into a partial folder committed atomically, versions the output with DVC,
 
 from __future__ import annotations
 
+import base64
 import json
 import traceback
 from collections.abc import Callable
@@ -53,6 +54,12 @@ class StageResult:
     metadata: dict = field(default_factory=dict)
     # Files to attach to the MLflow run (plots, reports), relative to the output folder.
     artifacts: list[str] = field(default_factory=list)
+
+
+def inline_plots(paths: list[Path]) -> MetadataValue:
+    """PNG plots inside a markdown metadata value, as Dagster's tutorial does: the UI shows them without a server."""
+    return MetadataValue.md("\n\n".join(
+        f"![{path.stem}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})" for path in paths))
 
 
 class LabResource(ConfigurableResource):

@@ -12,6 +12,8 @@ from orchestration.config import ConfigError
 from orchestration.definitions import build_definitions
 from orchestration.experiments import Arm, Experiment, conf_experiments, known_experiments, record, slug
 from orchestration.graph import build_graph
+from orchestration.lineage import STAGE_BY_NAME, _why_new, nearest_output
+from orchestration.store import Manifest, Store, fingerprint
 
 SWEEP = ["experiment=tiny", "mixture.weights.docs=0.1,0.5", "train.seed=0,1"]
 
@@ -98,3 +100,18 @@ def test_an_unrecorded_parent_becomes_an_experiment_of_its_own() -> None:
     checkpoint = graph.experiment_arms("child")[0].paths["checkpoint"]
     node = next(n for n in graph.nodes.values() if n.path == checkpoint)
     assert graph.experiment_arms(parents[0].name)[0].paths["checkpoint"] in node.deps
+
+
+def test_a_plan_explains_and_prices_a_miss_by_the_nearest_earlier_output(tmp_path: Path) -> None:
+    """Not by whatever ran last: after a tiny run, the demo's retraining is priced by the demo's own last build."""
+    store = Store(tmp_path / "store")
+    demo = {"model": {"dim": 128}, "train": {"steps": 300, "lr": 0.003}}
+    tiny = {"model": {"dim": 32}, "train": {"steps": 80, "lr": 0.003}}
+    for config, seconds in ((demo, 180.0), (tiny, 14.0)):  # tiny ran last
+        fp = fingerprint("checkpoint", "code", config, {})
+        store.commit("checkpoint", fp, lambda folder, c=config, s=seconds, f=fp: Manifest(
+            "checkpoint", f, "", "code", c, {}, {}, build_seconds=s))
+    changed = {"model": {"dim": 128}, "train": {"steps": 300, "lr": 0.001}}
+    nearest = nearest_output(store, "checkpoint", changed)
+    assert nearest.config == demo
+    assert "config train.lr: 0.003 -> 0.001" == _why_new(STAGE_BY_NAME["checkpoint"], changed, "code", nearest, {})

@@ -22,7 +22,7 @@ def track_one_run(home: str, start, errors) -> None:
     try:
         start.wait()
         tracker = Tracker(f"sqlite:///{home}/mlflow.db", Path(home, "mlartifacts"))
-        run_id = tracker.start_run("shared", "checkpoint", {"lab.fingerprint": "f"}, {"train": {"lr": 0.1}})
+        run_id = tracker.start_run("shared", "arm", "checkpoint", {"lab.fingerprint": "f"}, {"train": {"lr": 0.1}})
         for step in range(STEPS):  # as a training rank logs: one small batch per step
             tracker.client.log_batch(run_id, metrics=[Metric("loss", 1.0 / (step + 1), int(time.time() * 1000), step)])
         tracker.finish_run(run_id, {"final_loss": 0.5}, {"lab.content_hash": "h"}, [])
@@ -42,8 +42,12 @@ def test_trackers_start_together_on_a_fresh_home(tmp_path: Path) -> None:
     assert [worker.exitcode for worker in workers] == [0] * 4
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("shared").experiment_id])
+    experiment = client.get_experiment_by_name("shared").experiment_id
+    runs = client.search_runs([experiment], "tags.`lab.stage` = 'checkpoint'")
     assert len(runs) == 4 and {run.info.status for run in runs} == {"FINISHED"}
+    # The arm's run is created once, whichever process came first; the four stage runs are nested under it.
+    [arm] = client.search_runs([experiment], "tags.`lab.kind` = 'arm'")
+    assert {run.data.tags["mlflow.parentRunId"] for run in runs} == {arm.info.run_id}
     assert all(len(client.get_metric_history(run.info.run_id, "loss")) == STEPS for run in runs)
 
 

@@ -13,11 +13,12 @@ from dagster._utils.test.data_versions import get_stale_status_resolver
 from mlflow.tracking import MlflowClient
 from webserver import running_webserver
 
-from orchestration.cli import main
+from orchestration.cli import as_experiment, main
 from orchestration.definitions import build_definitions
 from orchestration.experiments import find_experiment, known_experiments, record
 from orchestration.graph import build_graph
 from orchestration.lab import lab_for
+from orchestration.webserver import reload_running_webserver
 
 pytestmark = pytest.mark.e2e
 NAME = "docs_sweep"
@@ -61,6 +62,11 @@ def test_the_asset_graph_of_the_webserver_holds_every_arm_and_the_parent_edges(l
     with running_webserver(lab) as web:
         keys = {tuple(key) for key in web.asset_keys()}
         deps = web.asset_dependencies()
+        # A new experiment recorded by `lab` appears after the reload `lab` triggers: no restart.
+        record(lab, as_experiment(["experiment=tiny", "train.lr=0.01"], False, "new_arm", ""))
+        assert ("new_arm", "checkpoint") not in keys
+        assert reload_running_webserver(lab)
+        assert ["new_arm", "checkpoint"] in web.asset_keys()
     for arm in graph.experiment_arms(NAME):
         assert {tuple(path) for path in arm.paths.values()} <= keys
         assert tuple(arm.paths["checkpoint"]) in deps[tuple(arm.paths["eval"])]
