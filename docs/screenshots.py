@@ -1,13 +1,14 @@
 """Screenshots of the Dagster UI for the documentation, taken by a real headless Chromium.
 
-    PYTHONPATH=. .venv/bin/python docs/screenshots.py <lab home> <output folder>
+    PYTHONPATH=. .venv/bin/python docs/screenshots.py <lab home> <output folder> [ASSET KEY ...]
 
 starts a webserver on the lab home (``tests/webserver.py``) and saves, as 1600x1000 PNGs:
 
 - ``asset-graph.png``: the global asset lineage (``/asset-groups``);
-- ``asset-<key>.png``: the most materialized asset's page, its metadata shown as plots over materializations
-  (the "Plots" toggle of the Overview tab's Metadata section), the whole page;
-- ``materialization-<key>.png``: that asset's latest materialization (``/assets/<key>?view=events&time=<ms>``).
+- for each asset key given (``lr_sweep/lr_0_003/eval``; default: the most materialized asset):
+  ``asset-<key>.png``, the asset's page, its metadata shown as plots over materializations (the "Plots" toggle
+  of the Overview tab's Metadata section), the whole page; ``materialization-<key>.png``, its latest
+  materialization (``/assets/<key>?view=events&time=<ms>``).
 
 The last two need a materialized asset; on a fresh lab home only the graph is taken. Chromium comes from the
 system (Debian's ``chromium`` package), never from Playwright's downloader.
@@ -101,27 +102,31 @@ def screenshot_materialization(page: Page, web: Webserver, key: list[str], times
     return path
 
 
-def take_screenshots(web: Webserver, out_dir: Path) -> list[Path]:
-    """The asset graph, then the most materialized asset's page and latest materialization; the files written."""
+def take_screenshots(web: Webserver, out_dir: Path, keys: list[list[str]] | None = None) -> list[Path]:
+    """The asset graph, then for each key (default: the most materialized asset) its page and latest
+    materialization; the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     history = {tuple(key): web.materializations(key) for key in web.asset_keys()}
+    if keys is None:
+        most = max(history.items(), key=lambda item: len(item[1]))
+        keys = [list(most[0])] if most[1] else []
     with browser_page() as page:
         paths = [screenshot_asset_graph(page, web, out_dir / "asset-graph.png")]
-        key, events = max(history.items(), key=lambda item: len(item[1]))
-        if events:
-            name = "-".join(key)
-            paths.append(screenshot_asset(page, web, list(key), out_dir / f"asset-{name}.png"))
-            paths.append(screenshot_materialization(page, web, list(key), events[0]["timestamp"],
+        for key in keys:
+            events, name = history[tuple(key)], "-".join(key)
+            paths.append(screenshot_asset(page, web, key, out_dir / f"asset-{name}.png"))
+            paths.append(screenshot_materialization(page, web, key, events[0]["timestamp"],
                                                     out_dir / f"materialization-{name}.png"))
     return paths
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
+    if len(argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
+    keys = [key.split("/") for key in argv[2:]] or None
     with running_webserver(Path(argv[0])) as web:
-        for path in take_screenshots(web, Path(argv[1])):
+        for path in take_screenshots(web, Path(argv[1]), keys):
             print(path)
     return 0
 

@@ -5,6 +5,7 @@ Imports neither Dagster nor MLflow at module level, so ``lab plan`` and ``lab ex
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -47,12 +48,12 @@ class Lab:
         return self._plan[stage]
 
 
-_LABS: dict[tuple[str, ...], Lab] = {}
+_LABS: dict[tuple[str, tuple[str, ...]], Lab] = {}
 
 
 def lab_for(overrides: list[str]) -> Lab:
-    """One Lab per arm and process: the config is composed and the plan made once per run."""
-    key = tuple(overrides)
+    """One Lab per lab home, arm and process: the config is composed and the plan made once per run."""
+    key = (os.environ.get("LAB_HOME", ""), tuple(overrides))
     if key not in _LABS:
         _LABS[key] = Lab(overrides)
     return _LABS[key]
