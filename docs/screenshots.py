@@ -1,14 +1,15 @@
 """Screenshots of the Dagster UI for the documentation, taken by a real headless Chromium.
 
-    PYTHONPATH=. .venv/bin/python docs/screenshots.py <lab home> <output folder> [ASSET KEY ...]
+    PYTHONPATH=. .venv/bin/python docs/screenshots.py <lab home> <output folder> [KEY[#LABEL] ...]
 
-starts a webserver on the lab home (``tests/webserver.py``) and saves, as 1600x1000 PNGs:
+starts a webserver on the lab home (``tests/webserver.py``) and saves PNGs (the graph 2000x2600, pages 1600 wide):
 
 - ``asset-graph.png``: the global asset lineage (``/asset-groups``);
 - for each asset key given (``lr_sweep/lr_0_003/eval``; default: the most materialized asset):
   ``asset-<key>.png``, the asset's page, its metadata shown as plots over materializations (the "Plots" toggle
   of the Overview tab's Metadata section), the whole page; ``materialization-<key>.png``, its latest
-  materialization (``/assets/<key>?view=events&time=<ms>``).
+  materialization (``/assets/<key>?view=events&time=<ms>``); with ``#label`` (``lr_sweep/report#plots``),
+  ``<key>-<label>.png``, that markdown metadata entry of the latest materialization, opened.
 
 The last two need a materialized asset; on a fresh lab home only the graph is taken. Chromium comes from the
 system (Debian's ``chromium`` package), never from Playwright's downloader.
@@ -28,6 +29,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 from tests.webserver import Webserver, running_webserver
 
 VIEWPORT = {"width": 1600, "height": 1000}
+GRAPH_VIEWPORT = {"width": 2000, "height": 2600}
 PAGE_TIMEOUT_MS = 120_000
 # The UI's "Join the Dagster community" dialog stays away once the browser remembers it was dismissed.
 DISMISS_COMMUNITY_DIALOG = "localStorage.setItem('communityNux', JSON.stringify('1'))"
@@ -70,13 +72,37 @@ def asset_path(key: list[str]) -> str:
     return "/assets/" + "/".join(quote(part, safe="") for part in key)
 
 
+def expand_all_groups(page: Page) -> None:
+    """The graph draws each group collapsed; its options menu (an icon button on the graph) can expand them all."""
+    expand = page.get_by_text("Expand all groups")
+    for button in page.locator("button").all():
+        box = button.bounding_box()
+        if not box or box["x"] < VIEWPORT["width"] / 2 or box["y"] < VIEWPORT["height"] / 2 or button.inner_text():
+            continue  # the graph's own icon buttons sit in its lower right corner
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        menu_item = expand.locator("visible=true")
+        if menu_item.count():
+            menu_item.first.click()
+            return
+        page.keyboard.press("Escape")
+
+
 def screenshot_asset_graph(page: Page, web: Webserver, path: Path) -> Path:
     """The global lineage graph, once its asset nodes are laid out and drawn."""
     open_page(page, f"{web.url}/asset-groups")
     # Nodes (assets, or collapsed groups) are HTML inside the graph's SVG: there once the layout is done.
     page.locator("svg foreignObject").first.wait_for()
     settle(page)
+    expand_all_groups(page)
+    # The UI remembers expanded groups: drawn afresh on a page tall enough for the graph's smallest zoom, every
+    # asset of every experiment is in the picture.
+    page.set_viewport_size(GRAPH_VIEWPORT)
+    page.reload(wait_until="networkidle")
+    page.locator("svg foreignObject").first.wait_for()
+    expect(page.get_by_text("fetching statuses")).to_have_count(0, timeout=PAGE_TIMEOUT_MS)
+    settle(page)
     page.screenshot(path=path)
+    page.set_viewport_size(VIEWPORT)
     return path
 
 
@@ -96,26 +122,42 @@ def screenshot_asset(page: Page, web: Webserver, key: list[str], path: Path) -> 
 def screenshot_materialization(page: Page, web: Webserver, key: list[str], timestamp: str, path: Path) -> Path:
     """One materialization of the asset: its metadata, tags and run, as the Events tab shows it."""
     open_page(page, f"{web.url}{asset_path(key)}?view=events&time={timestamp}")
-    page.get_by_text("Materialized", exact=True).first.wait_for()
+    page.get_by_text("Materialized in run").first.wait_for()
     settle(page)
     page.screenshot(path=path, full_page=True)
     return path
 
 
-def take_screenshots(web: Webserver, out_dir: Path, keys: list[list[str]] | None = None) -> list[Path]:
-    """The asset graph, then for each key (default: the most materialized asset) its page and latest
-    materialization; the files written."""
+def screenshot_markdown(page: Page, web: Webserver, key: list[str], timestamp: str, label: str, path: Path) -> Path:
+    """A markdown metadata entry of the asset's latest materialization (tables, inline plots), opened in its dialog."""
+    open_page(page, f"{web.url}{asset_path(key)}?view=events&time={timestamp}")
+    page.locator("tr", has_text=label).get_by_text("[Show Markdown]").first.click()
+    dialog = page.get_by_role("dialog")
+    dialog.wait_for()
+    settle(page)
+    dialog.screenshot(path=path)
+    return path
+
+
+def take_screenshots(web: Webserver, out_dir: Path, keys: list[str] | None = None) -> list[Path]:
+    """The asset graph, then for each key (``a/b/c``; default: the most materialized asset) its page and latest
+    materialization, or with ``#label`` (``a/b/report#plots``) that markdown entry of it; the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    history = {tuple(key): web.materializations(key) for key in web.asset_keys()}
+    history = {"/".join(key): web.materializations(key) for key in web.asset_keys()}
     if keys is None:
         most = max(history.items(), key=lambda item: len(item[1]))
-        keys = [list(most[0])] if most[1] else []
+        keys = [most[0]] if most[1] else []
     with browser_page() as page:
         paths = [screenshot_asset_graph(page, web, out_dir / "asset-graph.png")]
-        for key in keys:
-            events, name = history[tuple(key)], "-".join(key)
-            paths.append(screenshot_asset(page, web, key, out_dir / f"asset-{name}.png"))
-            paths.append(screenshot_materialization(page, web, key, events[0]["timestamp"],
+        for spec in keys:
+            key, _, label = spec.partition("#")
+            timestamp, name = history[key][0]["timestamp"], key.replace("/", "-")
+            if label:
+                paths.append(screenshot_markdown(page, web, key.split("/"), timestamp, label,
+                                                 out_dir / f"{name}-{label}.png"))
+                continue
+            paths.append(screenshot_asset(page, web, key.split("/"), out_dir / f"asset-{name}.png"))
+            paths.append(screenshot_materialization(page, web, key.split("/"), timestamp,
                                                     out_dir / f"materialization-{name}.png"))
     return paths
 
@@ -124,7 +166,7 @@ def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
-    keys = [key.split("/") for key in argv[2:]] or None
+    keys = argv[2:] or None
     with running_webserver(Path(argv[0])) as web:
         for path in take_screenshots(web, Path(argv[1]), keys):
             print(path)

@@ -173,7 +173,7 @@ def test_launchpad_launches_an_experiment_and_runs_its_job(lab: Path) -> None:
 
 
 def test_dvc_pull_restores_recorded_bytes(lab: Path) -> None:
-    record = DagsterInstance.get().fetch_materializations(AssetKey("mixed"), limit=1).records[0]
+    record = DagsterInstance.get().fetch_materializations(AssetKey(["tiny", "mixed"]), limit=1).records[0]
     metadata = record.asset_materialization.metadata
     output = lab / metadata["path"].value
     recorded_hash = metadata["content_hash"].value

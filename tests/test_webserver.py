@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 from PIL import Image
 
-from docs.screenshots import VIEWPORT, browser_page, chromium_path, screenshot_asset_graph
+from docs.screenshots import GRAPH_VIEWPORT, browser_page, chromium_path, screenshot_asset_graph
 from orchestration.webserver import reload_running_webserver, webserver_file
 from tests.webserver import Webserver, running_webserver
 
@@ -86,6 +86,6 @@ def test_screenshot_of_the_asset_graph(web: Webserver, tmp_path: Path) -> None:
         path = screenshot_asset_graph(page, web, tmp_path / "graph.png")
     with Image.open(path) as image:
         assert image.format == "PNG"
-        assert image.size == (VIEWPORT["width"], VIEWPORT["height"])
+        assert image.size == (GRAPH_VIEWPORT["width"], GRAPH_VIEWPORT["height"])
         colours = image.convert("RGB").getcolors(maxcolors=1 << 16)
     assert colours is None or len(colours) > 16, "the screenshot is (almost) uniform: nothing was drawn"
