@@ -33,9 +33,11 @@ OVERLAPPING = [
 ]
 
 
-def lab(home: Path, *args: str) -> subprocess.Popen:
+def lab(home: Path, *args: str, log: Path | None = None) -> subprocess.Popen:
+    """`lab materialize` in a process of its own; its output piped (read it with communicate) or written to log."""
+    output = log.open("w") if log else subprocess.PIPE
     return subprocess.Popen([sys.executable, "-m", "orchestration.cli", "materialize", *args],
-                            env={**os.environ, "LAB_HOME": str(home)}, stdout=subprocess.PIPE,
+                            env={**os.environ, "LAB_HOME": str(home)}, stdout=output,
                             stderr=subprocess.STDOUT, text=True)
 
 
@@ -76,6 +78,11 @@ def test_four_runs_at_once_build_each_shared_output_once(home: Path) -> None:
     assert not list((home / "store").glob("*/.partial-*"))  # nothing half-built left behind
 
 
+def training_partial(home: Path) -> Path | None:
+    """The partial output of a training run in progress (the only one: this test trains one model at a time)."""
+    return next((home / "store" / "checkpoint").glob(".partial-*"), None)
+
+
 def training_processes(root: psutil.Process) -> list[psutil.Process]:
     return [p for p in root.children(recursive=True) if "training.train" in " ".join(p.cmdline())
             or "torch.distributed.run" in " ".join(p.cmdline())]
@@ -83,11 +90,9 @@ def training_processes(root: psutil.Process) -> list[psutil.Process]:
 
 def test_a_killed_run_leaves_no_process_and_the_next_one_resumes(home: Path) -> None:
     overrides = ["experiment=tiny", "train.steps=40", "train.checkpoint_interval=10", "train.seed=5"]
-    fingerprint = {i.stage: i for i in plan(load_experiment(overrides), Store(home / "store"))}["checkpoint"]
-    partial = home / "store" / "checkpoint" / f".partial-{fingerprint.fingerprint}"
-    killed = lab(home, *overrides)
+    killed = lab(home, *overrides, log=home / "killed.log")
     deadline = time.monotonic() + 900
-    while 20 not in step_log(partial):  # logged after the step-20 checkpoint was saved
+    while not (partial := training_partial(home)) or 20 not in step_log(partial):  # logged after step 20 ran
         assert killed.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
         time.sleep(0.2)
     children = training_processes(psutil.Process(killed.pid))
@@ -96,13 +101,14 @@ def test_a_killed_run_leaves_no_process_and_the_next_one_resumes(home: Path) -> 
     killed.wait()
     gone, alive = psutil.wait_procs(children, timeout=60)
     assert not alive, f"left running after their run was killed: {[p.cmdline() for p in alive]}"
-    assert partial.is_dir() and not (home / "store" / "checkpoint" / fingerprint.fingerprint).exists()
+    fingerprint = partial.name.removeprefix(".partial-")
+    assert partial.is_dir() and not (home / "store" / "checkpoint" / fingerprint).exists()
     # The next run takes the dead run's lease and pool slot over and resumes from the last complete checkpoint.
     again = lab(home, *overrides)
     output, _ = again.communicate(timeout=900)
     assert again.returncode == 0, output[-3000:]
     assert "Closed 1 run(s) whose process had died" in output
-    steps = [json.loads(line)["step"] for line in (home / "store" / "checkpoint" / fingerprint.fingerprint /
+    steps = [json.loads(line)["step"] for line in (home / "store" / "checkpoint" / fingerprint /
                                                     "train_steps.jsonl").read_text().splitlines()]
     # Resumed from a checkpoint the killed run had saved (10 or 20), not from scratch: step 10 was trained once.
     assert re.search(r"Loading the checkpoint from \S*step-(10|20)\b", output), output[-3000:]
