@@ -79,7 +79,8 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("eval", ("mixed", "checkpoint"),
               ("evaluation.validation", "evaluation.perplexity", "training.model", "training.config", "kernels"),
               lambda c: {"eval": asdict(c.eval)},
-              "Per-domain validation loss and bits-per-byte at every checkpoint, from where training started.", follows_parent=True),
+              "Per-domain validation loss and bits-per-byte at every checkpoint, from where training started.",
+              follows_parent=True),
 )
 STAGE_BY_NAME = {spec.name: spec for spec in STAGES}
 
