@@ -116,7 +116,7 @@ def materialize_experiment(experiment: Experiment) -> bool:
         print(f"\nExperiment '{experiment.name}', arm '{arm.name}': {' '.join(arm.overrides)}")
         print_plan(lab_for(arm.overrides).plan())
     shared, own = runner.split_shared(stale)
-    ok = runner.execute(graph, runner.Selection(runner.order_keys(shared), experiment.name))
+    ok = runner.execute(graph, runner.Selection(shared, experiment.name))
     if ok and len(experiment.arms) == 1:
         ok = runner.execute(graph, runner.Selection(own[experiment.arms[0].name], experiment.name,
                                                     experiment.arms[0].name))

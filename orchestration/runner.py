@@ -27,9 +27,8 @@ from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter, mat
 
 from orchestration.config import REPO_ROOT
 from orchestration.experiments import Experiment
-from orchestration.graph import REPORT, Graph
+from orchestration.graph import Graph
 from orchestration.lab import lab_for
-from orchestration.lineage import STAGES
 from orchestration.resources import LabResource
 
 
@@ -124,13 +123,3 @@ def close_dead_runs(instance: DagsterInstance) -> list[str]:
             instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
             closed.append(run.run_id)
     return closed
-
-
-def stage_of(key: list[str]) -> str:
-    return key[-1]
-
-
-def order_keys(keys: list[list[str]]) -> list[list[str]]:
-    """Keys in lineage order (Dagster orders the steps itself; this only makes printed plans readable)."""
-    rank = {spec.name: i for i, spec in enumerate(STAGES)} | {REPORT: len(STAGES)}
-    return sorted(keys, key=lambda key: rank[stage_of(key)])
