@@ -13,7 +13,9 @@ from dagster import PipesSubprocessClient
 
 from evaluation.perplexity import list_checkpoints
 from evaluation.plots import plot_curves, plot_lr_schedule
+from evaluation.validation import curve_checkpoints
 from orchestration.config import REPO_ROOT
+from orchestration.live_eval import report_checkpoints
 from orchestration.resources import StageResult, StageRun, inline_plots
 from orchestration.store import REPORT_DIR
 from training.config import InitConfig
@@ -21,11 +23,19 @@ from training.job import TrainJob, launch_command
 from training.outputs import LEDGER_FILE, SUMMARY_FILE, TIMING_SUMMARY_FILE, step_log, write_checkpoint_ledger
 
 
+def checkpoint_metadata(run: StageRun) -> dict:
+    """What the live evaluation of a reported checkpoint needs to know: whose training it is, and where."""
+    experiment, arm, overrides = run.arm
+    return {"fingerprint": run.fingerprint, "mlflow_run_id": run.mlflow_run_id, "experiment": experiment,
+            "arm": arm, "overrides": json.dumps(overrides)}
+
+
 def build(run: StageRun) -> StageResult:
     cfg = run.cfg
     init = None
-    if "parent" in run.upstream:
-        parent_step = list_checkpoints(run.upstream["parent"])[run.parent_step]
+    parent_dir = run.upstream.get("parent")
+    if parent_dir is not None:
+        parent_step = list_checkpoints(parent_dir)[run.parent_step]
         init = InitConfig(checkpoint=str(parent_step.resolve()), mode=cfg.parent.mode)
     stream = run.upstream["mixed"] / "train_stream.bin"
     job = TrainJob(
@@ -37,7 +47,12 @@ def build(run: StageRun) -> StageResult:
     with tempfile.TemporaryDirectory() as scratch:
         job_path = Path(scratch) / "job.json"
         job.save(job_path)
-        PipesSubprocessClient().run(context=run.context, command=launch_command(job_path), cwd=str(REPO_ROOT))
+        # Each checkpoint is reported as it lands, for the live-evaluation sensor (orchestration.live_eval).
+        with report_checkpoints(
+            run.context, lambda: curve_checkpoints(run.output, parent_dir, run.parent_step, cfg.parent.mode),
+            checkpoint_metadata(run),
+        ):
+            PipesSubprocessClient().run(context=run.context, command=launch_command(job_path), cwd=str(REPO_ROOT))
     checkpoint_steps = sorted(list_checkpoints(run.output))  # what children may start or branch from
     write_checkpoint_ledger(run.output, stream, cfg.train.seq_len, cfg.train.global_batch_size, checkpoint_steps)
 

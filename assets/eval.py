@@ -6,22 +6,33 @@ plot, the Dagster table and the log lines.
 
 from dagster import MetadataValue
 
-from evaluation.perplexity import DomainResult
 from evaluation.plots import plot_curves
-from evaluation.validation import EVAL_FILE, curve_checkpoints, evaluate_run, validation_splits
+from evaluation.validation import EVAL_FILE, StepEval, curve_checkpoints, evaluate_run, validation_splits
+from orchestration.eval_cache import named_checkpoints
+from orchestration.live_eval import arm_cache, describe_step, untrained_identity
 from orchestration.resources import StageResult, StageRun, inline_plots
 from orchestration.store import REPORT_DIR
 
 
 def build(run: StageRun) -> StageResult:
-    def log_step(step: int, results: dict[str, DomainResult]) -> None:
-        run.context.log.info(f"eval step {step}: " + ", ".join(f"{d} {r.loss:.3f}" for d, r in results.items()))
+    computed: list[int] = []
 
-    checkpoints = curve_checkpoints(run.upstream["checkpoint"], run.upstream.get("parent"), run.parent_step,
-                                    run.cfg.parent.mode)
+    def log_step(step: int, evaluated: StepEval) -> None:
+        if evaluated.computed:
+            computed.append(step)
+        run.context.log.info(describe_step(step, evaluated))
+
     vocab_size = run.upstream_manifests["checkpoint"].stats["vocab_size"]
+    checkpoints = named_checkpoints(
+        curve_checkpoints(run.upstream["checkpoint"], run.upstream.get("parent"), run.parent_step,
+                          run.cfg.parent.mode),
+        untrained_identity(run.cfg, vocab_size))
+    cache = arm_cache(run.store, run.cfg, f"dagster run {run.context.run.run_id}", run.context.log.info)
     evaluated = evaluate_run(checkpoints, run.cfg.model, vocab_size, validation_splits(run.upstream["mixed"]),
-                             run.cfg.eval, run.cfg.train.seed, run.output, log_step)
+                             run.cfg.eval, run.cfg.train.seed, run.output, cache, log_step)
+    run.context.log.info(
+        f"eval: {len(checkpoints) - len(computed)} of {len(checkpoints)} checkpoints came from the evaluation cache "
+        f"(live evaluation or an earlier eval); computed now: {', '.join(map(str, computed)) or 'none'}")
     stats, curve = evaluated["final"], evaluated["by_step"]
     (run.output / REPORT_DIR).mkdir(exist_ok=True)
     plot = f"{REPORT_DIR}/val_loss.png"

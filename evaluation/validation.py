@@ -5,11 +5,15 @@ for continual pretraining, the parent's checkpoint (at step 0, or at the branch 
 the early rise and recovery (the stability gap) and the forgetting on the parent's domains are visible.
 """
 
+import hashlib
 import json
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
-from evaluation.perplexity import DomainResult, EvalConfig, ValSplit, evaluate_checkpoint, list_checkpoints
+from evaluation.perplexity import EvalConfig, ValSplit, evaluate_checkpoint, list_checkpoints
 from training.config import ModelConfig
 
 EVAL_FILE = "eval.json"
@@ -30,25 +34,74 @@ def curve_checkpoints(run_dir: Path, parent_dir: Path | None = None, parent_step
 
     A branch keeps the parent's step count; continual pretraining restarts at 0.
     """
+    own = dict(sorted(list_checkpoints(run_dir).items()))  # by step: step-100 comes after step-25
     if parent_dir is None or parent_step is None:
-        return {0: None, **list_checkpoints(run_dir)}
+        return {0: None, **own}
     start = parent_step if parent_mode == "branch" else 0
-    return {start: list_checkpoints(parent_dir)[parent_step], **list_checkpoints(run_dir)}
+    return {start: list_checkpoints(parent_dir)[parent_step], **own}
 
 
-def evaluate_run(checkpoints: dict[int, Path | None], model: ModelConfig, vocab_size: int,
-                 splits: dict[str, ValSplit], cfg: EvalConfig, seed: int, out_dir: Path,
-                 on_step: Callable[[int, dict[str, DomainResult]], None] | None = None) -> dict[str, dict]:
-    """Evaluate every checkpoint; write and return ``out_dir/eval.json``'s document: ``final`` (per domain, with
-    the loss where the curve started as ``initial_loss``) and ``by_step`` (the curve: step -> domain -> results).
+class ResultCache(Protocol):
+    """Where per-checkpoint results are kept between runs (orchestration.eval_cache.EvalCache)."""
+
+    def key(self, checkpoint: str, item: str, inputs: dict) -> str: ...
+    def get(self, key: str) -> dict | None: ...
+    def put(self, key: str, result: dict, about: dict) -> None: ...
+    def hold(self, checkpoint: str) -> AbstractContextManager: ...
+
+
+@dataclass
+class Checkpoint:
+    path: Path | None  # a step-N folder; None: the untrained model
+    name: str  # what the cache knows it by (orchestration.eval_cache.checkpoint_key)
+
+
+@dataclass
+class StepEval:
+    results: dict[str, dict]  # domain -> {"loss", "bits_per_byte", "tokens", ...}
+    computed: list[str]  # the domains computed now; the others came from the cache
+
+
+def split_digest(split: ValSplit) -> str:
+    """The held-out tokens' identity: a result is reused only on the very same tokens."""
+    digest = hashlib.sha256()
+    with open(split.tokens_path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def evaluate_step(checkpoint: Checkpoint, model: ModelConfig, vocab_size: int, splits: dict[str, ValSplit],
+                  digests: dict[str, str], cfg: EvalConfig, seed: int, cache: ResultCache) -> StepEval:
+    """One checkpoint on every domain: cached results where there are, the missing domains computed and cached,
+    so that a killed evaluation keeps every checkpoint it finished and a new domain costs only itself."""
+    with cache.hold(checkpoint.name):
+        keys = {d: cache.key(checkpoint.name, f"validation:{d}", {"split": digests[d]}) for d in splits}
+        results = {d: found for d in splits if (found := cache.get(keys[d])) is not None}
+        missing = [d for d in splits if d not in results]
+        if missing:
+            computed = evaluate_checkpoint(checkpoint.path, model, vocab_size, {d: splits[d] for d in missing}, cfg,
+                                           seed)
+            for domain, result in computed.items():
+                results[domain] = asdict(result)
+                cache.put(keys[domain], results[domain], {"checkpoint": checkpoint.name, "domain": domain})
+    return StepEval({d: results[d] for d in splits}, missing)
+
+
+def evaluate_run(checkpoints: dict[int, Checkpoint], model: ModelConfig, vocab_size: int,
+                 splits: dict[str, ValSplit], cfg: EvalConfig, seed: int, out_dir: Path, cache: ResultCache,
+                 on_step: Callable[[int, StepEval], None] | None = None) -> dict[str, dict]:
+    """Evaluate every checkpoint (through the cache); write and return ``out_dir/eval.json``'s document: ``final``
+    (per domain, with the loss where the curve started as ``initial_loss``) and ``by_step`` (the curve: step ->
+    domain -> results).
     """
+    digests = {domain: split_digest(split) for domain, split in splits.items()}
     curve = {}
     for step, checkpoint in checkpoints.items():
-        results = evaluate_checkpoint(checkpoint, model, vocab_size, splits, cfg, seed)
-        curve[step] = {name: {"loss": r.loss, "bits_per_byte": r.bits_per_byte, "tokens": r.tokens}
-                       for name, r in results.items()}
+        evaluated = evaluate_step(checkpoint, model, vocab_size, splits, digests, cfg, seed, cache)
+        curve[step] = evaluated.results
         if on_step is not None:
-            on_step(step, results)
+            on_step(step, evaluated)
     final, initial = curve[max(curve)], curve[min(curve)]
     stats = {name: {**final[name], "initial_loss": initial[name]["loss"]} for name in final}
     document = {"final": stats, "by_step": curve}

@@ -4,7 +4,8 @@ The assets are generated from the stage list (``orchestration.lineage.STAGES``) 
 (``orchestration.graph``): the DAG is declared once. Each asset's ``code_version`` is its arm's stage identity
 (code and config slice) and each materialization's data version is the output's content hash, so Dagster's
 staleness says what ``lab plan`` says, arm by arm. Each experiment gets a job (launchpad, schedules) and a
-``report`` asset comparing its arms. A new experiment recorded by ``lab`` appears after a code-location reload,
+``report`` asset comparing its arms. A sensor evaluates each checkpoint while its training runs
+(``orchestration.live_eval``). A new experiment recorded by ``lab`` appears after a code-location reload,
 which ``lab`` triggers on a running webserver.
 """
 
@@ -28,6 +29,7 @@ from orchestration.experiments import known_experiments, slug
 from orchestration.graph import REPORT, Graph, Node, build_graph
 from orchestration.launch import launch
 from orchestration.lineage import STAGE_BY_NAME
+from orchestration.live_eval import live_evaluation, live_evaluation_sensor
 from orchestration.resources import LabResource
 
 BUILDS = {"corpus": corpus.build, "filtered": filtered.build, "tokenizer": tokenizer.build, "mixed": mixed.build,
@@ -72,7 +74,7 @@ def report_asset(graph: Graph, experiment: str) -> AssetsDefinition:
 def build_definitions(graph: Graph) -> Definitions:
     assets = [stage_asset(node) for node in graph.nodes.values()]
     assets += [report_asset(graph, experiment.name) for experiment in graph.experiments]
-    jobs = [launch]
+    jobs = [launch, live_evaluation]
     for experiment in graph.experiments:
         keys = [AssetKey(path) for arm in graph.experiment_arms(experiment.name) for path in arm.paths.values()]
         selection = AssetSelection.assets(*keys).upstream() | AssetSelection.assets(AssetKey([slug(experiment.name),
@@ -80,7 +82,8 @@ def build_definitions(graph: Graph) -> Definitions:
         jobs.append(define_asset_job(
             f"experiment_{slug(experiment.name)}", selection=selection, tags={"lab/experiment": experiment.name},
             description=f"Materialize every arm of {experiment.name} and its report; what is fresh is reused."))
-    return Definitions(assets=assets, jobs=jobs, resources={"lab": LabResource()})
+    return Definitions(assets=assets, jobs=jobs, sensors=[live_evaluation_sensor],
+                       resources={"lab": LabResource()})
 
 
 def load_definitions() -> Definitions:

@@ -28,7 +28,7 @@ from orchestration.code_identity import module_digests
 from orchestration.config import ExperimentConfig
 from orchestration.lab import Lab, lab_for
 from orchestration.lineage import STAGE_BY_NAME, PlanItem
-from orchestration.store import Manifest
+from orchestration.store import Manifest, Store
 from orchestration.tracking import git_revision
 
 
@@ -45,6 +45,9 @@ class StageRun:
     mlflow_run_id: str
     # The parent's checkpoint step this stage starts from (continual pretraining, branches); None without a parent.
     parent_step: int | None = None
+    fingerprint: str = ""  # the output's
+    store: Store | None = None  # the lab home's store (the evaluation cache lives there)
+    arm: tuple[str, str, list[str]] = ("", "", [])  # the experiment, arm and overrides that build this output
 
 
 @dataclass
@@ -85,7 +88,7 @@ class LabResource(ConfigurableResource):
                 return self._result(lab, found, {"reused": True, "dvc": MetadataValue.json(pointer or {})})
             run_id = lab.tracker.start_run(experiment, arm, stage, self._tags(context, lab, item), item.config)
             try:
-                manifest, result = self._build(context, lab, item, run_id, build)
+                manifest, result = self._build(context, lab, item, run_id, build, (experiment, arm, overrides))
                 pointer = lab.dvc.add_and_push(lab.store.path(stage, manifest.fingerprint))
             except BaseException:
                 lab.tracker.finish_run(run_id, {}, {"lab.error": traceback.format_exc()[-4000:]}, [], "FAILED")
@@ -99,14 +102,15 @@ class LabResource(ConfigurableResource):
         )
         return self._result(lab, manifest, {"reused": False, "dvc": MetadataValue.json(pointer), **result.metadata})
 
-    def _build(self, context, lab: Lab, item: PlanItem, run_id, build) -> tuple[Manifest, StageResult]:
+    def _build(self, context, lab: Lab, item: PlanItem, run_id, build, arm) -> tuple[Manifest, StageResult]:
         spec, upstream = STAGE_BY_NAME[item.stage], item.upstream or {}
         outcome: dict[str, StageResult] = {}
         parent_step = (item.config or {}).get("parent", {}).get("step")
 
         def build_into(partial: Path) -> Manifest:
             paths = {name: lab.store.path(m.stage, m.fingerprint) for name, m in upstream.items()}
-            run = StageRun(lab.cfg, partial, paths, upstream, context, lab.tracker.tracking_uri, run_id, parent_step)
+            run = StageRun(lab.cfg, partial, paths, upstream, context, lab.tracker.tracking_uri, run_id, parent_step,
+                           item.fingerprint, lab.store, arm)
             outcome["result"] = build(run)
             return Manifest(stage=item.stage, fingerprint=item.fingerprint, content_hash="",
                             code_version=item.code_version, config=item.config,

@@ -115,6 +115,13 @@ class Tracker:
             self.client.log_batch(run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
         return run_id
 
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        """Metrics at a training step, e.g. the validation losses of a checkpoint while its training runs."""
+        now = int(time.time() * 1000)
+        rows = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for start in range(0, len(rows), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=rows[start:start + MAX_METRICS_PER_BATCH])
+
     def run_url(self, run_id: str) -> str:
         """The run's page in the MLflow UI."""
         if not run_id:

@@ -155,6 +155,40 @@ def stop_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
+@dataclass
+class Daemon:
+    """A ``dagster-daemon`` (schedules, sensors, the run queue) for a lab home; ``crash`` kills it as a crash would."""
+
+    env: dict[str, str]
+    log: Path
+    processes: list[subprocess.Popen]
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.processes.append(subprocess.Popen(
+                [str(BIN / "dagster-daemon"), "run", "-m", "orchestration.definitions"], env=self.env, cwd=REPO_ROOT,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+
+    def crash(self) -> None:
+        """SIGKILL to the daemon alone: the runs it launched (and its code server) live on, as after a real crash."""
+        self.processes[-1].kill()
+        self.processes[-1].wait()
+
+
+@contextmanager
+def running_daemon(lab_home: Path) -> Iterator[Daemon]:
+    """A started daemon; every daemon started through it, and what they spawned, is stopped at exit."""
+    lab_home = lab_home.resolve()
+    dagster_home = prepare_dagster_home(lab_home)
+    daemon = Daemon(server_environment(lab_home, dagster_home), dagster_home / "daemon.log", [])
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        for process in daemon.processes:
+            stop_group(process)
+
+
 @contextmanager
 def running_webserver(lab_home: Path, *, daemon: bool = False) -> Iterator[Webserver]:
     """A Dagster webserver (and with ``daemon=True`` a ``dagster-daemon``) for this lab home, loaded and answering."""
@@ -169,9 +203,7 @@ def running_webserver(lab_home: Path, *, daemon: bool = False) -> Iterator[Webse
             [str(BIN / "dagster-webserver"), "-m", "orchestration.definitions", "-h", "127.0.0.1", "-p", str(port)],
             env, log))
         if daemon:
-            daemon_log = stack.enter_context((dagster_home / "daemon.log").open("ab"))
-            stack.enter_context(process_group(
-                [str(BIN / "dagster-daemon"), "run", "-m", "orchestration.definitions"], env, daemon_log))
+            stack.enter_context(running_daemon(lab_home))
         web.wait_until_loaded(START_TIMEOUT_S)
         record = webserver_file(lab_home)
         record.write_text(json.dumps({"url": web.url}) + "\n")
