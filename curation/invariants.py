@@ -60,13 +60,13 @@ def every_document_accounted(corpus_documents: int, accounted: dict[str, int]) -
 
 
 def shares_within_tolerance(ledger: dict, tolerance: float) -> tuple[bool, dict]:
-    """Whether every domain's realized share of its phase is within ``tolerance`` (absolute) of its weight."""
-    worst = {"deviation": 0.0}
+    """Whether every domain's realized share of its phase is within ``tolerance`` (absolute) of its weight; the
+    numbers name the domain that misses its weight most."""
+    worst = {"worst_share_deviation": 0.0}
     for phase, section in ledger_sections(ledger).items():
         for domain, row in section["domains"].items():
             deviation = abs(row["realized_share"] - row["weight"])
-            if deviation >= worst["deviation"]:
-                worst = {"deviation": deviation, "phase": phase, "domain": domain, "weight": row["weight"],
-                         "realized_share": row["realized_share"]}
-    return worst["deviation"] <= tolerance, {"tolerance": tolerance, "worst_share_deviation": worst["deviation"],
-                                            "worst": worst}
+            if deviation >= worst["worst_share_deviation"]:
+                worst = {"worst_share_deviation": deviation, "worst_phase": phase, "worst_domain": domain,
+                         "worst_weight": row["weight"], "worst_realized_share": row["realized_share"]}
+    return worst["worst_share_deviation"] <= tolerance, {"tolerance": tolerance, **worst}

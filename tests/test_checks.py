@@ -54,7 +54,7 @@ def test_ledger_shares_within_tolerance() -> None:
     assert passed and math.isclose(numbers["worst_share_deviation"], 0.02)
     passed, numbers = shares_within_tolerance(ledger(0.4), tolerance=0.05)
     assert not passed and math.isclose(numbers["worst_share_deviation"], 0.1)
-    assert numbers["worst"]["phase"] == "main" and numbers["worst"]["domain"] in ("docs", "python")
+    assert numbers["worst_phase"] == "main" and numbers["worst_domain"] in ("docs", "python")
 
 
 def test_loss_finite_and_fell() -> None:
