@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 from playwright.sync_api import Page, expect, sync_playwright
 
+from orchestration.automation import SCHEDULE_NAME
 from tests.webserver import Webserver, running_webserver
 
 VIEWPORT = {"width": 1600, "height": 1000}
@@ -153,7 +154,7 @@ def screenshot_checks(page: Page, web: Webserver, key: list[str], path: Path) ->
 def screenshot_automation(page: Page, web: Webserver, path: Path) -> Path:
     """The Automation tab: schedules and sensors with their on/off toggles."""
     open_page(page, f"{web.url}/automation")
-    page.get_by_text("Schedule", exact=True).first.wait_for()
+    page.get_by_text(SCHEDULE_NAME).first.wait_for()
     settle(page)
     page.screenshot(path=path, full_page=True)
     return path

@@ -22,9 +22,11 @@ from dagster import (
     AutomationCondition,
     AutomationConditionSensorDefinition,
     DagsterInstance,
+    DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
     RunRequest,
+    RunsFilter,
     ScheduleDefinition,
     ScheduleEvaluationContext,
     SkipReason,
@@ -39,6 +41,9 @@ from orchestration.runner import stale_keys
 
 SCHEDULE_NAME = "rematerialize_stale"
 EVAL_SENSOR_NAME = "eval_follows_checkpoint"
+TAGS = {"lab/schedule": SCHEDULE_NAME}
+UNFINISHED = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
+              DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 
 
 def automation_config() -> AutomationConfig:
@@ -80,6 +85,10 @@ def stale_schedule(graph: Graph, cfg: AutomationConfig) -> ScheduleDefinition:
               description="Re-materializes what is stale across the known experiments (as `lab plan` says), "
                           "in one run; skips the tick when everything is fresh. Cron: automation.schedule_cron.")
     def _rematerialize_stale(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
+        # Until its run has materialized them, the same assets are still stale: one run at a time.
+        unfinished = context.instance.get_runs(RunsFilter(tags=TAGS, statuses=UNFINISHED), limit=1)
+        if unfinished:
+            return SkipReason(f"the run of an earlier tick ({unfinished[0].run_id}) has not finished")
         keys, problems = stale_selection(graph, context.instance)
         for problem in problems:
             context.log.warning(f"not planned: {problem}")
@@ -88,7 +97,7 @@ def stale_schedule(graph: Graph, cfg: AutomationConfig) -> ScheduleDefinition:
                               "fresh" + (f" ({len(problems)} could not be planned)" if problems else ""))
         tick = context.scheduled_execution_time.isoformat() if context.scheduled_execution_time else "manual"
         return RunRequest(run_key=f"{SCHEDULE_NAME}@{tick}", asset_selection=[AssetKey(key) for key in keys],
-                          tags={"lab/schedule": SCHEDULE_NAME})
+                          tags=TAGS)
 
     return _rematerialize_stale
 

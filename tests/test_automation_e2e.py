@@ -15,7 +15,6 @@ from dagster import (
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
-    EventRecordsFilter,
     RunsFilter,
     build_schedule_context,
 )
@@ -34,9 +33,10 @@ from orchestration.webserver import location_names
 
 pytestmark = pytest.mark.e2e
 NAME = "scheduled"
-# Shares tiny's lineage up to its own eval ([scheduled, eval]), so a change of eval config makes exactly that stale.
-OVERRIDES = ["experiment=tiny", "eval.max_tokens_per_domain=2000"]
+# tiny's curation trunk (named tiny/...), a shorter training run of its own ([scheduled, checkpoint]) and its eval.
+OVERRIDES = ["experiment=tiny", "train.steps=20", "train.checkpoint_interval=10"]
 STAGES = ("corpus", "filtered", "tokenizer", "mixed", "checkpoint")
+FRESH = [("tiny", stage) for stage in STAGES[:-1]] + [(NAME, "checkpoint")]
 RUN_TIMEOUT_S = 600
 
 AUTOMATION_QUERY = """
@@ -73,20 +73,22 @@ def evaluate_schedule(home: Path):
         return schedule.evaluate_tick(context)
 
 
-def check_evaluations(run_id: str = "") -> dict[tuple[str, str], AssetCheckEvaluation]:
-    """The latest evaluation of each (asset, check), in one run or in any."""
-    records = DagsterInstance.get().get_event_records(
-        EventRecordsFilter(event_type=DagsterEventType.ASSET_CHECK_EVALUATION), ascending=True)
-    evaluations = [r.event_log_entry.dagster_event.event_specific_data for r in records
-                   if not run_id or r.run_id == run_id]
-    return {(e.asset_key.to_user_string(), e.check_name): e for e in evaluations}
+def check_evaluations(runs: list[DagsterRun]) -> dict[tuple[str, str], AssetCheckEvaluation]:
+    """Each (asset, check)'s evaluation in these runs, newest first as ``get_runs`` lists them (the newest wins)."""
+    evaluations = {}
+    for run in reversed(runs):
+        records = DagsterInstance.get().get_records_for_run(run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION)
+        for entry in records.records:
+            evaluation = entry.event_log_entry.dagster_event.event_specific_data
+            evaluations[(evaluation.asset_key.to_user_string(), evaluation.check_name)] = evaluation
+    return evaluations
 
 
 def test_every_check_passes_on_the_tiny_lineage_and_the_schedule_skips_what_is_fresh(lab: Path) -> None:
-    evaluations = check_evaluations()
+    evaluations = check_evaluations(DagsterInstance.get().get_runs())
     assert {(key, e.passed) for (key, _), e in evaluations.items()} == {
-        ("tiny/tokenizer", True), ("tiny/filtered", True), ("tiny/mixed", True), ("tiny/checkpoint", True)}
-    loss = evaluations[("tiny/checkpoint", "loss_finite_and_fell")].metadata
+        ("tiny/tokenizer", True), ("tiny/filtered", True), ("tiny/mixed", True), (f"{NAME}/checkpoint", True)}
+    loss = evaluations[(f"{NAME}/checkpoint", "loss_finite_and_fell")].metadata
     assert loss["final_loss"].value < loss["first_loss"].value
     assert evaluations[("tiny/filtered", "accounts_for_every_document")].metadata["unaccounted"].value == 0
     assert evaluations[("tiny/tokenizer", "round_trips_heldout_text")].metadata["documents"].value > 0
@@ -119,12 +121,12 @@ def wait_for_scheduled_run(web) -> DagsterRun:
 
 def test_a_schedule_tick_rematerializes_only_the_stale_assets(lab: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     experiment = find_experiment(lab, NAME)
-    experiment.arms[0].overrides = [*OVERRIDES[:1], "eval.max_tokens_per_domain=3000"]
+    experiment.arms[0].overrides = [*OVERRIDES, "eval.max_tokens_per_domain=2000"]
     record(lab, experiment)  # as `lab` records a changed experiment: its eval is now stale, nothing else
     expected = [[NAME, "eval"], [NAME, "report"]]
     [request] = evaluate_schedule(lab).run_requests
     assert request.asset_selection == [AssetKey(key) for key in expected]
-    before = {stage: materializations(["tiny", stage]) for stage in STAGES}
+    before = {key: materializations(list(key)) for key in FRESH}
     monkeypatch.setenv("LAB_SCHEDULE_CRON", "* * * * *")  # the daemon's code server reads it: a tick a minute
     with running_webserver(lab, daemon=True) as web:
         [location] = location_names(web.url)
@@ -132,10 +134,12 @@ def test_a_schedule_tick_rematerializes_only_the_stale_assets(lab: Path, monkeyp
         assert automation == {SCHEDULE_NAME: "RUNNING", EVAL_SENSOR_NAME: "RUNNING"}
         run = wait_for_scheduled_run(web)
     assert run.status == DagsterRunStatus.SUCCESS, run.status
+    # Ticks while the run was in progress skipped: the assets were still stale, but already on their way.
+    assert len(DagsterInstance.get().get_runs(RunsFilter(tags={"lab/schedule": SCHEDULE_NAME}))) == 1
     records = DagsterInstance.get().get_records_for_run(run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
     materialized = sorted(r.event_log_entry.dagster_event.asset_key.path for r in records.records)
     assert materialized == sorted(expected)
-    assert {stage: materializations(["tiny", stage]) for stage in STAGES} == before  # fresh: not run again
+    assert {key: materializations(list(key)) for key in FRESH} == before  # fresh: not run again
     eval_fingerprint = {item.stage: item.fingerprint for item in lab_for(experiment.arms[0].overrides).plan()}["eval"]
     latest = DagsterInstance.get().fetch_materializations(AssetKey([NAME, "eval"]), limit=1).records[0]
     assert latest.asset_materialization.metadata["fingerprint"].value == eval_fingerprint
@@ -159,6 +163,6 @@ def test_a_failing_blocking_check_stops_the_assets_below_it(tmp_path: Path, monk
         "corpus": 1, "filtered": 1, "tokenizer": 1, "mixed": 0, "checkpoint": 0, "eval": 0}
     [run] = DagsterInstance.get().get_runs()
     assert run.status == DagsterRunStatus.FAILURE
-    failed = check_evaluations(run.run_id)[("tiny/tokenizer", "round_trips_heldout_text")]
+    failed = check_evaluations([run])[("tiny/tokenizer", "round_trips_heldout_text")]
     assert not failed.passed and failed.metadata["failures"].value > 0
     assert failed.metadata["first_failure"].value["decoded"] == failed.metadata["first_failure"].value["text"].lower()
