@@ -11,14 +11,14 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def _sections(ledger: dict) -> dict[str, dict]:
+def ledger_sections(ledger: dict) -> dict[str, dict]:
     return {**ledger["phases"], **({"replay": ledger["replay"]} if "replay" in ledger else {})}
 
 
 def ledger_markdown(ledger: dict) -> str:
     rows = [
         f"| {phase} | {d} | {row['weight']:.3f} | {row['target_tokens']:,} | {row['realized_tokens']:,} |"
-        for phase, section in _sections(ledger).items() for d, row in section["domains"].items()
+        for phase, section in ledger_sections(ledger).items() for d, row in section["domains"].items()
     ]
     header = "| phase | domain | weight | target tokens | realized tokens |\n|---|---|---:|---:|---:|\n"
     return header + "\n".join(rows)
@@ -26,7 +26,7 @@ def ledger_markdown(ledger: dict) -> str:
 
 def ledger_plot(ledger: dict, path: Path) -> Path:
     """Target against realized share of each domain, one panel per phase (and replay)."""
-    sections = _sections(ledger)
+    sections = ledger_sections(ledger)
     fig, axes = plt.subplots(1, len(sections), figsize=(3.2 * len(sections) + 1, 3.5), dpi=120, squeeze=False,
                              sharey=True)
     for ax, (name, section) in zip(axes[0], sections.items(), strict=True):

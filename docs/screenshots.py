@@ -9,10 +9,12 @@ starts a webserver on the lab home (``tests/webserver.py``) and saves PNGs (the 
   ``asset-<key>.png``, the asset's page, its metadata shown as plots over materializations (the "Plots" toggle
   of the Overview tab's Metadata section), the whole page; ``materialization-<key>.png``, its latest
   materialization (``/assets/<key>?view=events&time=<ms>``); with ``#label`` (``lr_sweep/report#plots``),
-  ``<key>-<label>.png``, that markdown metadata entry of the latest materialization, opened.
+  ``<key>-<label>.png``, that markdown metadata entry of the latest materialization, opened;
+- ``checks=<key>`` (``checks=tiny/mixed``): ``checks-<key>.png``, the asset's Checks tab with its latest evaluation;
+- ``automation``: ``automation.png``, the Automation tab (the schedule and the sensor, each switchable).
 
-The last two need a materialized asset; on a fresh lab home only the graph is taken. Chromium comes from the
-system (Debian's ``chromium`` package), never from Playwright's downloader.
+The materialization pictures need a materialized asset; on a fresh lab home only the graph is taken. Chromium
+comes from the system (Debian's ``chromium`` package), never from Playwright's downloader.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from urllib.parse import quote
 
 from playwright.sync_api import Page, expect, sync_playwright
 
+from orchestration.automation import SCHEDULE_NAME
 from tests.webserver import Webserver, running_webserver
 
 VIEWPORT = {"width": 1600, "height": 1000}
@@ -139,6 +142,24 @@ def screenshot_markdown(page: Page, web: Webserver, key: list[str], timestamp: s
     return path
 
 
+def screenshot_checks(page: Page, web: Webserver, key: list[str], path: Path) -> Path:
+    """The asset's Checks tab: each check, its status, and the latest evaluation's metadata."""
+    open_page(page, f"{web.url}{asset_path(key)}?view=checks")
+    page.get_by_text("Latest execution").first.wait_for()
+    settle(page)
+    page.screenshot(path=path, full_page=True)
+    return path
+
+
+def screenshot_automation(page: Page, web: Webserver, path: Path) -> Path:
+    """The Automation tab: schedules and sensors with their on/off toggles."""
+    open_page(page, f"{web.url}/automation")
+    page.get_by_text(SCHEDULE_NAME).first.wait_for()
+    settle(page)
+    page.screenshot(path=path, full_page=True)
+    return path
+
+
 def take_screenshots(web: Webserver, out_dir: Path, keys: list[str] | None = None) -> list[Path]:
     """The asset graph, then for each key (``a/b/c``; default: the most materialized asset) its page and latest
     materialization, or with ``#label`` (``a/b/report#plots``) that markdown entry of it; the files written."""
@@ -150,6 +171,14 @@ def take_screenshots(web: Webserver, out_dir: Path, keys: list[str] | None = Non
     with browser_page() as page:
         paths = [screenshot_asset_graph(page, web, out_dir / "asset-graph.png")]
         for spec in keys:
+            if spec == "automation":
+                paths.append(screenshot_automation(page, web, out_dir / "automation.png"))
+                continue
+            if spec.startswith("checks="):
+                key = spec.removeprefix("checks=")
+                name = key.replace("/", "-")
+                paths.append(screenshot_checks(page, web, key.split("/"), out_dir / f"checks-{name}.png"))
+                continue
             key, _, label = spec.partition("#")
             timestamp, name = history[key][0]["timestamp"], key.replace("/", "-")
             if label:

@@ -60,6 +60,24 @@ class ParentConfig:
     mode: str = "weights"
 
 
+@dataclass
+class ChecksConfig:
+    """Asset checks on an experiment's outputs (``orchestration.checks``); never part of a fingerprint."""
+
+    # The mixture ledger's realized share of each domain may differ from its weight by this much (absolute): a
+    # stream of whole documents cannot hit a weight exactly.
+    mixture_share_tolerance: float = 0.05
+
+
+@dataclass
+class AutomationConfig:
+    """The lab-wide schedule (``orchestration.automation``), read from the default composition (conf/config.yaml)."""
+
+    # When the schedule re-materializes what is stale across the known experiments (cron, in `timezone`).
+    # LAB_SCHEDULE_CRON in the environment wins (the tests tick it every minute).
+    schedule_cron: str = "0 3 * * *"
+    timezone: str = "UTC"
+
 
 @dataclass
 class ExperimentConfig:
@@ -76,6 +94,8 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     parent: ParentConfig = field(default_factory=ParentConfig)
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
+    automation: AutomationConfig = field(default_factory=AutomationConfig)
 
 
 class ConfigError(ValueError):

@@ -24,6 +24,8 @@ from dagster import (
 
 from assets import checkpoint, corpus, filtered, mixed, report, tokenizer
 from assets import eval as eval_stage
+from orchestration.automation import automation_config, eval_condition, eval_sensor, stale_schedule
+from orchestration.checks import asset_checks
 from orchestration.config import default_lab_home
 from orchestration.experiments import known_experiments, slug
 from orchestration.graph import REPORT, Graph, Node, build_graph
@@ -46,6 +48,7 @@ def stage_asset(node: Node) -> AssetsDefinition:
         key=AssetKey(node.path), deps=[AssetKey(dep) for dep in node.deps], code_version=node.code_version,
         group_name=node.group, description=spec.description, kinds={"pytorch"} if training else {"python"},
         pool=TRAINING_POOL if training else None,
+        automation_condition=eval_condition(node) if node.stage == "eval" else None,
         # One retry: a killed training run resumes from its last checkpoint instead of failing the Dagster run.
         retry_policy=RetryPolicy(max_retries=1) if training else None,
         metadata={"stage": node.stage, "experiment": node.experiment, "arm": node.arm.name,
@@ -82,7 +85,9 @@ def build_definitions(graph: Graph) -> Definitions:
         jobs.append(define_asset_job(
             f"experiment_{slug(experiment.name)}", selection=selection, tags={"lab/experiment": experiment.name},
             description=f"Materialize every arm of {experiment.name} and its report; what is fresh is reused."))
-    return Definitions(assets=assets, jobs=jobs, sensors=[live_evaluation_sensor],
+    return Definitions(assets=assets, asset_checks=asset_checks(graph), jobs=jobs,
+                       schedules=[stale_schedule(graph, automation_config())],
+                       sensors=[eval_sensor(graph), live_evaluation_sensor],
                        resources={"lab": LabResource()})
 
 

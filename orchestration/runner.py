@@ -72,7 +72,8 @@ def execute(graph: Graph, selection: Selection) -> bool:
         return True
     definitions = build_definitions(graph)
     result = materialize(
-        list(definitions.assets), selection=[AssetKey(key) for key in selection.keys],
+        # With the asset checks: a blocking check that fails stops the assets below it in this run.
+        [*definitions.assets, *definitions.asset_checks], selection=[AssetKey(key) for key in selection.keys],
         instance=DagsterInstance.get(), resources={"lab": LabResource()}, tags=run_tags(selection),
         raise_on_error=False, run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
     )

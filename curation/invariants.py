@@ -1,0 +1,72 @@
+"""What a researcher trusts about the curation outputs, as pure checks: each returns (passed, the numbers).
+
+The Dagster asset checks (``orchestration.checks``) call these on the materialized outputs. They live apart from
+the stage modules on purpose: a stage's code identity counts its modules, and a check must not re-run a stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from curation.documents import is_validation, iter_document_files, read_documents
+from curation.ledger_report import ledger_sections
+
+
+def validation_texts(filtered_kept: Path, validation_fraction: float) -> Iterator[str]:
+    """The held-out documents' texts: the side of the split the tokenizer never trains on."""
+    for path in iter_document_files(filtered_kept):
+        for doc in read_documents(path):
+            if is_validation(doc["id"], validation_fraction):
+                yield doc["text"]
+
+
+def round_trip(tokenizer: Tokenizer, texts: Iterable[str]) -> tuple[bool, dict]:
+    """Whether ``decode(encode(text)) == text`` for every text; the numbers say where the first failure parts.
+
+    A tokenizer that changes text (a normalizer, an unknown token) trains and evaluates on text other than the
+    corpus, and bits-per-byte stops meaning what it says.
+    """
+    checked, failures, first = 0, 0, None
+    for text in texts:
+        checked += 1
+        decoded = tokenizer.decode(tokenizer.encode(text).ids, skip_special_tokens=False)
+        if decoded == text:
+            continue
+        failures += 1
+        if first is None:
+            offset = next((i for i, (a, b) in enumerate(zip(text, decoded, strict=False)) if a != b),
+                          min(len(text), len(decoded)))
+            first = {"offset": offset, "text": text[offset:offset + 40], "decoded": decoded[offset:offset + 40]}
+    return failures == 0, {"documents": checked, "failures": failures, **({"first_failure": first} if first else {})}
+
+
+def accounted_documents(filtered_stats: dict) -> dict[str, int]:
+    """Where ``filtered`` put the corpus's documents, by category, from its stats."""
+    counts = {"kept": filtered_stats["kept"], "rejected": sum(filtered_stats["rejected_by_rule"].values())}
+    # Held-out documents set aside before the filters (filter.heldout), when the stage lists them.
+    if "held_out_by_domain" in filtered_stats:
+        counts["held_out"] = sum(d["documents"] for d in filtered_stats["held_out_by_domain"].values())
+    return counts
+
+
+def every_document_accounted(corpus_documents: int, accounted: dict[str, int]) -> tuple[bool, dict]:
+    """Whether the categories add up to the corpus exactly: none lost, none counted twice."""
+    total = sum(accounted.values())
+    return total == corpus_documents, {"corpus_documents": corpus_documents, **accounted, "unaccounted":
+                                       corpus_documents - total}
+
+
+def shares_within_tolerance(ledger: dict, tolerance: float) -> tuple[bool, dict]:
+    """Whether every domain's realized share of its phase is within ``tolerance`` (absolute) of its weight; the
+    numbers name the domain that misses its weight most."""
+    worst = {"worst_share_deviation": 0.0}
+    for phase, section in ledger_sections(ledger).items():
+        for domain, row in section["domains"].items():
+            deviation = abs(row["realized_share"] - row["weight"])
+            if deviation >= worst["worst_share_deviation"]:
+                worst = {"worst_share_deviation": deviation, "worst_phase": phase, "worst_domain": domain,
+                         "worst_weight": row["weight"], "worst_realized_share": row["realized_share"]}
+    return worst["worst_share_deviation"] <= tolerance, {"tolerance": tolerance, **worst}
