@@ -124,6 +124,7 @@ class Stage:
     curve: Curve
     start_step: int
     trained: list[str]
+    end_step: int | None = None  # None: the curve's last step; a parent a child branched from mid-run ends there
 
 
 @dataclass
@@ -135,9 +136,11 @@ class TransferRow:
 
 def transfer_row(stage: Stage) -> TransferRow:
     curve = as_curve(stage.curve)
-    if stage.start_step not in curve:
-        raise ValueError(f"stage {stage.name}: the eval curve has no point at its start step {stage.start_step}")
-    start, end = curve[stage.start_step], curve[max(curve)]
+    end_step = max(curve) if stage.end_step is None else stage.end_step
+    for step in (stage.start_step, end_step):
+        if step not in curve:
+            raise ValueError(f"stage {stage.name}: the eval curve has no point at step {step} (it has {list(curve)})")
+    start, end = curve[stage.start_step], curve[end_step]
     change = {d: end[d]["loss"] - start[d]["loss"] for d in sorted(start) if d in end}
     return TransferRow(stage.name, sorted(stage.trained), change)
 

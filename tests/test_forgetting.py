@@ -89,6 +89,11 @@ def test_transfer_matrix_over_a_chain() -> None:
     assert markdown.splitlines()[0] == "| stage | code | data | docs | python |"
     assert "| demo | – | – | -2.500 | **-4.000** |" in markdown
     assert "| cpt_docs | +0.150 | -0.400 | **-1.000** | **-0.100** |" in markdown
+    # A parent that a child branched from mid-run: its row ends at the branch step.
+    [branched] = transfer_matrix([Stage("demo", CHILD, 0, ["python"], end_step=2)])
+    assert branched.change == pytest.approx({"code": 0.05, "data": -0.2, "docs": -0.5, "python": 0.8})
+    with pytest.raises(ValueError, match="no point at step 3"):
+        transfer_matrix([Stage("demo", CHILD, 0, ["python"], end_step=3)])
 
 
 def test_trained_domains_from_the_checkpoint_ledger(tmp_path: Path) -> None:
