@@ -6,6 +6,8 @@ plot, the Dagster table and the log lines.
 
 from dagster import MetadataValue
 
+from evaluation.forgetting import FORGETTING_FILE, forgetting_markdown, trained_domains, write_forgetting
+from evaluation.forgetting_plots import plot_forgetting
 from evaluation.plots import plot_curves
 from evaluation.validation import EVAL_FILE, StepEval, curve_checkpoints, evaluate_run, validation_splits
 from orchestration.eval_cache import named_checkpoints
@@ -45,5 +47,25 @@ def build(run: StageRun) -> StageResult:
     # Numbers Dagster's plots tab charts over the asset's materializations.
     numbers = {f"bits_per_byte/{d}": r["bits_per_byte"] for d, r in stats.items()}
     numbers.update({f"loss/{d}": r["loss"] for d, r in stats.items()})
-    return StageResult(stats, {"per_domain": MetadataValue.md(table), "plot": inline_plots([run.output / plot]),
-                               **numbers}, artifacts=[EVAL_FILE, plot])
+    result = StageResult(stats, {"per_domain": MetadataValue.md(table), "plot": inline_plots([run.output / plot]),
+                                 **numbers}, artifacts=[EVAL_FILE, plot])
+    if "parent" in run.upstream:
+        add_forgetting(run, curve, result)
+    return result
+
+
+def add_forgetting(run: StageRun, curve: dict, result: StageResult) -> None:
+    """A child's forgetting on the parent's training domains (forgetting.json, a table and a plot), with its own
+    row of the transfer matrix (a chain's matrix is its ancestors' rows, then this one)."""
+    start = min(curve)  # the parent's checkpoint: 0, or the branch step (validation.curve_checkpoints)
+    table = write_forgetting(run.output, run.cfg.name, curve, start,
+                             parent_domains=trained_domains(run.upstream["parent"], run.parent_step),
+                             trained=trained_domains(run.upstream["checkpoint"], max(curve)))
+    plot = f"{REPORT_DIR}/forgetting.png"
+    plot_forgetting(table, run.output / plot, f"{run.cfg.name}: loss on the parent's domains")
+    run.context.log.info("forgetting on the parent's domains: " + ", ".join(
+        f"{d} {f.final_change:+.3f} (peak {f.max_rise:+.3f} at step {f.max_rise_step})"
+        for d, f in table.domains.items()))
+    result.metadata["forgetting"] = MetadataValue.md(forgetting_markdown(table))
+    result.metadata["forgetting_plot"] = inline_plots([run.output / plot])
+    result.artifacts += [FORGETTING_FILE, plot]

@@ -191,7 +191,8 @@ def checkpoint_manifest(overrides: list[str]):
 
 CPT = [*TINY, 'parent.experiment=["experiment=tiny"]', "mixture.weights={docs: 1.0, python: 0, license: 0}",
        "mixture.replay.fraction=0.25", "+mixture.replay.weights={python: 1.0}", "mixture.train_tokens=20480",
-       "train.steps=20", "train.schedule=cosine", "train.warmup_steps=4", "train.checkpoint_interval=10"]
+       "train.steps=20", "train.schedule=cosine", "train.warmup_steps=4", "train.checkpoint_interval=10",
+       "train.checkpoint_early=10"]
 BRANCH = [*TINY, 'parent.experiment=["experiment=tiny"]', "parent.step=40", "parent.mode=branch", "train.steps=70",
           "train.schedule=constant", "train.cooldown_steps=14"]
 
@@ -219,6 +220,20 @@ def test_continual_pretraining_starts_from_the_parent(lab: Path) -> None:
     assert child_eval["by_step"]["0"]["docs"]["loss"] == pytest.approx(parent_eval["docs"]["loss"], rel=1e-6)
     ledger = json.loads((lab / "store" / "checkpoint" / child.fingerprint / "checkpoint_ledger.json").read_text())
     assert ledger["20"]["replay"]["python"] > 0 and set(ledger["20"]["phases"]["main"]) == {"docs"}
+    # Dense early checkpoints (train.checkpoint_early=10), and the forgetting on the parent's domains at each.
+    assert child.stats["checkpoint_steps"] == [1, 2, 4, 8, 10, 20]
+    eval_dir = lab / "store" / "eval" / {i.stage: i for i in plan_for(CPT)}["eval"].fingerprint
+    forgetting = json.loads((eval_dir / "forgetting.json").read_text())
+    assert forgetting["parent_domains"] == ["docs", "license", "python"]
+    table = forgetting["forgetting"]
+    assert table["start_step"] == 0 and table["steps"] == [1, 2, 4, 8, 10, 20]
+    assert sorted([*table["domains"], *table["without_heldout"]]) == ["docs", "license", "python"]
+    python = table["domains"]["python"]
+    assert python["start_loss"] == child_eval["by_step"]["0"]["python"]["loss"]
+    assert python["loss_by_step"]["20"] == child_eval["by_step"]["20"]["python"]["loss"]
+    assert (eval_dir / "report" / "forgetting.png").is_file()
+    [row] = forgetting["transfer"]
+    assert row["trained"] == ["docs", "python"] and row["change"]["docs"] < 0  # docs was learned
 
 
 def test_wsd_branch_continues_the_parent_run(lab: Path) -> None:

@@ -1,6 +1,7 @@
 """Faults and lineage on two CPU ranks: a run killed by SIGKILL resumes bitwise; children start from a parent.
 
-One uninterrupted run (20 steps, a checkpoint every 5) is the reference and the parent. The same job, killed
+One uninterrupted run (20 steps, a checkpoint every 5 and dense early ones at 1, 2, 4) is the reference and the
+parent. The same job, killed
 mid-way with SIGKILL of rank 1 and rerun on its folder, must give the reference's loss at every step; so must a
 `branch` child from the parent's step 10; `weights` children must start where the parent ended.
 """
@@ -18,7 +19,7 @@ import torch
 from tiny_training import Corpus, make_corpus, run_job, start_job, step_losses, tiny_job
 
 from evaluation.perplexity import list_checkpoints
-from training.checkpoint import LabCheckpointManager, require_complete
+from training.checkpoint import LabCheckpointManager, early_checkpoint_steps, require_complete, start_step
 from training.config import InitConfig
 from training.job import TrainJob, check_init
 
@@ -46,6 +47,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
     corpus = make_corpus(root)
     parent = tiny_job(corpus, root / "parent", steps=20)
     parent.train.checkpoint_interval = INTERVAL
+    parent.train.checkpoint_early = INTERVAL  # also saves steps 1, 2 and 4; children inherit it
     run_job(parent)
     return Lab(corpus, root, parent, step_losses(root / "parent"))
 
@@ -70,6 +72,22 @@ def kill_rank_after(job: TrainJob, rank: int, min_step: int) -> None:
     assert proc.returncode != 0  # torchrun reports the lost rank and stops the others
 
 
+def test_dense_early_checkpoints_are_saved(lab: Lab) -> None:
+    assert sorted(list_checkpoints(lab.parent.output_dir)) == [1, 2, 4, 5, 10, 15, 20]
+
+
+def test_early_checkpoint_schedule() -> None:
+    assert early_checkpoint_steps(0, 20) == [1, 2, 4, 8, 16]
+    assert early_checkpoint_steps(0, 16) == [1, 2, 4, 8]  # below the horizon: step 16 is the interval's
+    assert early_checkpoint_steps(200, 5) == [201, 202, 204]
+    assert early_checkpoint_steps(0, 0) == [] and early_checkpoint_steps(0, 1) == []
+    with pytest.raises(ValueError, match="checkpoint_early"):
+        early_checkpoint_steps(0, -1)
+    assert start_step(InitConfig("/runs/p/checkpoint/step-200", "branch")) == 200
+    assert start_step(InitConfig("/runs/p/checkpoint/step-200", "weights")) == 0  # a new run from step 0
+    assert start_step(None) == 0
+
+
 def test_sigkilled_run_resumes_bitwise(lab: Lab) -> None:
     job = lab.job("killed")
     kill_rank_after(job, rank=1, min_step=INTERVAL + 1)
@@ -92,10 +110,11 @@ def test_branch_continues_the_parent_exactly_and_then_resumes_its_own(lab: Lab) 
     summary = run_job(branch)
     assert [step for step, _ in summary["loss_curve"]] == list(range(11, 21))
     assert step_losses(Path(branch.output_dir)) == {s: v for s, v in lab.parent_losses.items() if s > 10}
+    assert sorted(list_checkpoints(branch.output_dir)) == [11, 12, 14, 15, 20]  # early steps count from the branch
 
     # Rerun longer: it resumes from its own step 20, not from the parent's step 10 again, and no longer needs the
-    # parent (here: a parent folder that is gone).
-    gone = InitConfig(lab.parent_step(10) + "-deleted", "branch")
+    # parent (here: a parent output that is gone).
+    gone = InitConfig(str(lab.root / "gone" / "checkpoint" / "step-10"), "branch")
     longer = replace(branch, train=replace(branch.train, steps=22), init=gone)
     assert [step for step, _ in run_job(longer)["loss_curve"]] == [21, 22]
 

@@ -1,11 +1,14 @@
-"""Checkpoint loading policy: resume from this run's own checkpoints, else start from a parent checkpoint.
+"""Checkpoint policy: resume from this run's own checkpoints, else start from a parent checkpoint; when to save.
 
 torchtitan's DCP CheckpointManager already prefers the run's own newest complete checkpoint (a step folder with
 DCP's `.metadata`, which is written last, so a save cut short is never loaded) and otherwise loads
-`initial_load_path`. Two things are added here: which states an initial load restores (a `weights_and_optimizer`
-child keeps its own schedule, loader and step), and the learning rates after any load (see `_apply_schedule`).
+`initial_load_path`. Three things are added here: which states an initial load restores (a `weights_and_optimizer`
+child keeps its own schedule, loader and step), the learning rates after any load (see `_apply_schedule`), and
+extra save steps besides torchtitan's fixed interval (dense early checkpoints, see `early_checkpoint_steps`).
 """
 
+import inspect
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +26,15 @@ class LabCheckpointManager(CheckpointManager):
     class Config(CheckpointManager.Config):
         initial_load_exclude: list[str] = field(default_factory=list)
         """Non-model states an initial load (from initial_load_path) leaves fresh; a resume loads everything."""
+        extra_steps: list[int] = field(default_factory=list)
+        """Steps saved besides every `interval` steps and the last one."""
 
     def __init__(self, config: Config, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.initial_load_exclude = config.initial_load_exclude
+        self.extra_steps = frozenset(config.extra_steps)
+        if self.extra_steps:
+            _require_save_hook()
 
     def _load(self, step: int = -1) -> bool:
         # torchtitan applies exclude_from_loading to every load; ours applies to the initial load only, so a
@@ -40,6 +48,12 @@ class LabCheckpointManager(CheckpointManager):
             self._apply_schedule()
         return loaded
 
+    def _should_save(self, curr_step: int, last_step: bool = False) -> bool:
+        # torchtitan asks this after every step; its own rule is step 1 (optional), the interval and the last step.
+        if curr_step in self.extra_steps and self.enable and not self.load_only:
+            return True
+        return super()._should_save(curr_step, last_step)
+
     def _apply_schedule(self) -> None:
         """Set each optimizer's learning rate from the LR schedule at the loaded step.
 
@@ -51,6 +65,40 @@ class LabCheckpointManager(CheckpointManager):
                 group["lr"] = lr
 
 
+def _require_save_hook() -> None:
+    """Extra save steps override torchtitan's private `_should_save(curr_step, last_step)` (torchtitan 0.3.0):
+    if a new torchtitan renames it, the override would never run and the extra checkpoints would silently be
+    missing, so refuse to start instead."""
+    hook = getattr(CheckpointManager, "_should_save", None)
+    if hook is None or list(inspect.signature(hook).parameters)[:3] != ["self", "curr_step", "last_step"]:
+        raise RuntimeError(
+            "this torchtitan's CheckpointManager has no _should_save(curr_step, last_step), which "
+            "training/checkpoint.py overrides for train.checkpoint_early: port LabCheckpointManager._should_save "
+            "to the new save hook, or set train.checkpoint_early=0"
+        )
+
+
+def early_checkpoint_steps(start: int, early: int) -> list[int]:
+    """Steps start+1, start+2, start+4, ... below start+early: log-spaced, dense where the loss moves fastest."""
+    if early < 0:
+        raise ValueError(f"train.checkpoint_early must be 0 (none) or a number of steps, got {early}")
+    steps, offset = [], 1
+    while offset < early:
+        steps.append(start + offset)
+        offset *= 2
+    return steps
+
+
+def start_step(init: InitConfig | None) -> int:
+    """The step a run starts from: the parent's step for a branch (it keeps the step count), else 0."""
+    if init is None or init.mode != "branch":
+        return 0
+    match = re.fullmatch(r"step-(\d+)", Path(init.checkpoint).name)
+    if match is None:
+        raise ValueError(f"init.checkpoint {init.checkpoint} is not a checkpoint/step-N folder")
+    return int(match.group(1))
+
+
 def require_complete(step_folder: str) -> None:
     """A parent checkpoint must be a finished DCP save: its `.metadata` is written last."""
     if not Path(step_folder, ".metadata").is_file():
@@ -60,8 +108,9 @@ def require_complete(step_folder: str) -> None:
         )
 
 
-def checkpoint_config(init: InitConfig | None, interval: int) -> LabCheckpointManager.Config:
-    """Checkpoints under <output_dir>/checkpoint/step-N every `interval` steps and at the end, all kept."""
+def checkpoint_config(init: InitConfig | None, interval: int, early: int) -> LabCheckpointManager.Config:
+    """Checkpoints under <output_dir>/checkpoint/step-N every `interval` steps, at the end and at the log-spaced
+    steps of `early_checkpoint_steps`, all kept."""
     parent = {"initial_load_model_only": False}  # torchtitan's default (True) warns when there is no parent
     if init is not None:
         parent = {
@@ -74,5 +123,6 @@ def checkpoint_config(init: InitConfig | None, interval: int) -> LabCheckpointMa
         interval=interval,
         last_save_model_only=False,  # the last checkpoint must resume too, e.g. to train further or branch
         keep_latest_k=0,  # intermediate checkpoints are research data (evals, WSD branches)
+        extra_steps=early_checkpoint_steps(start_step(init), early),
         **parent,
     )

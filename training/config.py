@@ -43,6 +43,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     checkpoint_interval: int = 100
+    # Extra checkpoints 1, 2, 4, 8, ... steps after the start, below this many steps (0: none), so that the eval
+    # curve resolves an early rise and recovery (the stability gap of continual pretraining).
+    checkpoint_early: int = 0
     log_every: int = 1
     dtype: str = "float32"  # compute dtype; bf16 is ~15x slower than float32 on CPU
     peak_tflops: float | None = None  # per-device peak for MFU; None: the GPU's bf16 peak, no MFU on CPU

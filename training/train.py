@@ -90,7 +90,7 @@ def trainer_config(job: TrainJob, world_size: int) -> Trainer.Config:
             peak_tflops=t.peak_tflops,
         ),
         parallelism=ParallelismConfig(data_parallel_shard_degree=p.dp_shard, tensor_parallel_degree=p.tp),
-        checkpoint=checkpoint_config(job.init, t.checkpoint_interval),
+        checkpoint=checkpoint_config(job.init, t.checkpoint_interval, t.checkpoint_early),
         activation_checkpoint=None,  # small models; recomputation would only cost time
         compile=CompileConfig(enable=p.compile),
         debug=DebugConfig(seed=t.seed, enable_structured_logging=False),
