@@ -4,12 +4,25 @@ evaluation.validation decides what the curve holds (from where training started,
 plot, the Dagster table and the log lines.
 """
 
+import json
+
 from dagster import MetadataValue
 
-from evaluation.forgetting import FORGETTING_FILE, forgetting_markdown, trained_domains, write_forgetting
-from evaluation.forgetting_plots import plot_forgetting
+from evaluation.forgetting import (
+    FORGETTING_FILE,
+    Stage,
+    TransferRow,
+    ancestor_rows,
+    as_curve,
+    forgetting_markdown,
+    trained_domains,
+    transfer_markdown,
+    write_forgetting,
+)
+from evaluation.forgetting_plots import plot_forgetting, plot_transfer
 from evaluation.plots import plot_curves
 from evaluation.validation import EVAL_FILE, StepEval, curve_checkpoints, evaluate_run, validation_splits
+from orchestration.config import load_experiment
 from orchestration.eval_cache import named_checkpoints
 from orchestration.live_eval import arm_cache, describe_step, untrained_identity
 from orchestration.resources import StageResult, StageRun, inline_plots
@@ -58,14 +71,28 @@ def add_forgetting(run: StageRun, curve: dict, result: StageResult) -> None:
     """A child's forgetting on the parent's training domains (forgetting.json, a table and a plot), with its own
     row of the transfer matrix (a chain's matrix is its ancestors' rows, then this one)."""
     start = min(curve)  # the parent's checkpoint: 0, or the branch step (validation.curve_checkpoints)
-    table = write_forgetting(run.output, run.cfg.name, curve, start,
-                             parent_domains=trained_domains(run.upstream["parent"], run.parent_step),
-                             trained=trained_domains(run.upstream["checkpoint"], max(curve)))
-    plot = f"{REPORT_DIR}/forgetting.png"
+    parent_domains = trained_domains(run.upstream["parent"], run.parent_step)
+    table, rows = write_forgetting(run.output, run.cfg.name, curve, start, parent_domains,
+                                   trained=trained_domains(run.upstream["checkpoint"], max(curve)),
+                                   ancestors=parent_rows(run, parent_domains))
+    plot, matrix = f"{REPORT_DIR}/forgetting.png", f"{REPORT_DIR}/transfer.png"
     plot_forgetting(table, run.output / plot, f"{run.cfg.name}: loss on the parent's domains")
+    plot_transfer(rows, run.output / matrix, f"{run.cfg.name}: change of loss per stage of the chain")
     run.context.log.info("forgetting on the parent's domains: " + ", ".join(
         f"{d} {f.final_change:+.3f} (peak {f.max_rise:+.3f} at step {f.max_rise_step})"
         for d, f in table.domains.items()))
     result.metadata["forgetting"] = MetadataValue.md(forgetting_markdown(table))
     result.metadata["forgetting_plot"] = inline_plots([run.output / plot])
-    result.artifacts += [FORGETTING_FILE, plot]
+    result.metadata["transfer"] = MetadataValue.md(transfer_markdown(rows))
+    result.metadata["transfer_plot"] = inline_plots([run.output / matrix])
+    result.artifacts += [FORGETTING_FILE, plot, matrix]
+
+
+def parent_rows(run: StageRun, parent_domains: list[str]) -> list[TransferRow]:
+    """The transfer-matrix rows of the chain before this child, from the parent's own eval output."""
+    parent_eval = run.upstream["parent_eval"]
+    parent_curve = as_curve(json.loads((parent_eval / EVAL_FILE).read_text())["by_step"])
+    saved = parent_eval / FORGETTING_FILE
+    name = load_experiment(list(run.cfg.parent.experiment)).name
+    stage = Stage(name, parent_curve, min(parent_curve), parent_domains, end_step=run.parent_step)
+    return ancestor_rows(stage, json.loads(saved.read_text()) if saved.is_file() else None)

@@ -168,12 +168,20 @@ def transfer_markdown(rows: list[TransferRow]) -> str:
 
 
 def write_forgetting(out_dir: Path, name: str, curve: Curve, start_step: int, parent_domains: list[str],
-                     trained: list[str]) -> ForgettingTable:
-    """Write ``out_dir/forgetting.json``: the child's forgetting table on the parent's domains and its own row of
-    the transfer matrix (``transfer``: a list of rows, so that a chain's matrix is its ancestors' rows, then this)."""
+                     trained: list[str], ancestors: list[TransferRow]) -> tuple[ForgettingTable, list[TransferRow]]:
+    """Write ``out_dir/forgetting.json``: the child's forgetting table on the parent's domains and the transfer
+    matrix of its chain (``transfer``: the ancestors' rows, up to where this child starts, then its own row)."""
     table = forgetting_table(curve, start_step, parent_domains)
-    rows = transfer_matrix([Stage(name, curve, start_step, trained)])
+    rows = [*ancestors, *transfer_matrix([Stage(name, curve, start_step, trained)])]
     document = {"parent_domains": sorted(parent_domains), "forgetting": asdict(table),
                 "transfer": [asdict(row) for row in rows]}
     Path(out_dir, FORGETTING_FILE).write_text(json.dumps(document, indent=2))
-    return table
+    return table, rows
+
+
+def ancestor_rows(parent: Stage, parent_forgetting: dict | None) -> list[TransferRow]:
+    """The transfer matrix before a child: the rows of the parent's own ancestors (from the parent's
+    forgetting.json, when the parent is a child itself), then the parent's row up to the step the child starts
+    from (``parent.end_step``)."""
+    earlier = [TransferRow(**row) for row in parent_forgetting["transfer"][:-1]] if parent_forgetting else []
+    return [*earlier, transfer_row(parent)]

@@ -96,9 +96,9 @@ def materialize_experiment(experiment: Experiment) -> bool:
 
     home = default_lab_home()
     instance = open_instance(home)
-    for arm in experiment.arms:  # parents first: a child's plan needs the parent's checkpoint
+    for arm in experiment.arms:  # parents first: a child's plan needs the parent's checkpoint and eval
         parent = resolve_parent(lab_for(arm.overrides).cfg, lab_for(arm.overrides).store)
-        if parent is not None and parent.manifest is None:
+        if parent is not None and None in (parent.manifests["checkpoint"], parent.manifests["eval"]):
             print(f"Materializing the parent experiment first: {' '.join(parent.overrides)}")
             if not materialize_experiment(as_experiment(parent.overrides, False, "", "")):
                 return False

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from orchestration.config import ExperimentConfig, load_experiment
 from orchestration.experiments import Arm, Experiment, default_name, slug
-from orchestration.lineage import STAGES, config_version
+from orchestration.lineage import PARENT_UPSTREAM, STAGES, config_version
 from orchestration.store import fingerprint
 
 REPORT = "report"
@@ -56,7 +56,7 @@ class Graph:
 def _stage_identity(cfg: ExperimentConfig, stage: str) -> str:
     spec = next(s for s in STAGES if s.name == stage)
     version = config_version(spec, cfg)
-    if spec.follows_parent and cfg.parent.experiment:
+    if spec.parent_stages and cfg.parent.experiment:
         # The configured step (None: the parent's last); the plan resolves it against the parent's output.
         version = fingerprint(stage, version, {"mode": cfg.parent.mode, "step": cfg.parent.step}, {})
     return version
@@ -83,9 +83,9 @@ def build_graph(experiments: list[Experiment]) -> Graph:
         for spec in STAGES:
             upstream = {name: recipes[name] for name in spec.upstream}
             deps = [paths[name] for name in spec.upstream]
-            if spec.follows_parent and parent_paths is not None:
-                upstream["parent"] = "/".join(parent_paths["checkpoint"])
-                deps.append(parent_paths["checkpoint"])
+            for stage in spec.parent_stages if parent_paths is not None else ():
+                upstream[PARENT_UPSTREAM[stage]] = "/".join(parent_paths[stage])
+                deps.append(parent_paths[stage])
             code = _stage_identity(cfg, spec.name)
             recipe = fingerprint(spec.name, code, {}, upstream)
             recipes[spec.name] = recipe

@@ -29,8 +29,10 @@ class StageSpec:
     description: str
     # A resumable stage (training) keeps its interrupted partial output and continues from it.
     resumable: bool = False
-    # The stage also depends on the parent experiment's checkpoint when the config names one (`parent.*`).
-    follows_parent: bool = False
+    # The parent experiment's outputs the stage also depends on when the config names a parent (`parent.*`):
+    # its checkpoint (upstream "parent"), and for eval also its eval (upstream "parent_eval", for forgetting and
+    # the transfer matrix along a chain).
+    parent_stages: tuple[str, ...] = ()
 
 
 def _filter_slice(cfg: ExperimentConfig) -> dict:
@@ -75,15 +77,17 @@ STAGES: tuple[StageSpec, ...] = (
                "training.outputs", "kernels", "curation.packing", "evaluation.perplexity"),
               lambda c: {"model": asdict(c.model), "train": asdict(c.train)},
               "A TorchTitan training run (torchrun, FSDP) on the mixed stream; DCP checkpoints.", resumable=True,
-              follows_parent=True),
+              parent_stages=("checkpoint",)),
     StageSpec("eval", ("mixed", "checkpoint"),
               ("evaluation.validation", "evaluation.perplexity", "evaluation.forgetting", "training.model",
                "training.config", "kernels"),
               lambda c: {"eval": asdict(c.eval)},
               "Per-domain validation loss and bits-per-byte at every checkpoint, from where training started.",
-              follows_parent=True),
+              parent_stages=("checkpoint", "eval")),
 )
 STAGE_BY_NAME = {spec.name: spec for spec in STAGES}
+# The upstream name under which a stage sees each of the parent's outputs.
+PARENT_UPSTREAM = {"checkpoint": "parent", "eval": "parent_eval"}
 
 
 def code_version(spec: StageSpec) -> str:
@@ -114,11 +118,16 @@ class PlanItem:
 
 @dataclass
 class Parent:
-    """The parent experiment's checkpoint output a stage starts from, and the step within it."""
+    """The parent experiment's outputs (its checkpoint, which a child starts from, and its eval), and the step."""
 
     overrides: list[str]
-    manifest: Manifest | None  # None: the parent's checkpoint is not materialized yet
+    manifests: dict[str, Manifest | None]  # by stage; None: not materialized yet
     step: int | None = None
+
+    @property
+    def manifest(self) -> Manifest | None:
+        """The parent's checkpoint output."""
+        return self.manifests["checkpoint"]
 
 
 MAX_PARENT_DEPTH = 8
@@ -132,14 +141,15 @@ def resolve_parent(cfg: ExperimentConfig, store: Store, depth: int = 0) -> Paren
         raise ValueError(f"parent chain deeper than {MAX_PARENT_DEPTH}: is an experiment its own ancestor?")
     overrides = list(cfg.parent.experiment)
     parent_cfg = load_experiment(overrides)
-    manifest = {item.stage: item for item in plan(parent_cfg, store, depth + 1)}["checkpoint"].manifest
+    manifests = {item.stage: item.manifest for item in plan(parent_cfg, store, depth + 1)}
+    manifest = manifests["checkpoint"]
     if manifest is None:
-        return Parent(overrides, None)
+        return Parent(overrides, manifests)
     steps = manifest.stats.get("checkpoint_steps", [])
     step = cfg.parent.step if cfg.parent.step is not None else max(steps, default=None)
     if step not in steps:
         raise ValueError(f"parent {' '.join(overrides)} has checkpoints at steps {steps}; set parent.step to one")
-    return Parent(overrides, manifest, step)
+    return Parent(overrides, manifests, step)
 
 
 def check_parent_fits(cfg: ExperimentConfig, parent: Parent, tokenizer: Manifest, mixed: Manifest) -> None:
@@ -171,11 +181,12 @@ def plan(cfg: ExperimentConfig, store: Store, depth: int = 0) -> list[PlanItem]:
     items: dict[str, PlanItem] = {}
     for spec in STAGES:
         config, code = spec.config_slice(cfg), code_version(spec)
-        if spec.follows_parent and parent is not None:
+        follows = spec.parent_stages if parent is not None else ()
+        if follows:
             config["parent"] = {"mode": cfg.parent.mode, "step": parent.step}
         pending = [name for name in spec.upstream if items[name].manifest is None]
-        if spec.follows_parent and parent is not None and parent.manifest is None:
-            pending.append(f"parent checkpoint ({' '.join(parent.overrides)})")
+        pending += [f"parent {stage} ({' '.join(parent.overrides)})" for stage in follows
+                    if parent.manifests[stage] is None]
         if pending:
             nearest = nearest_output(store, spec.name, config)
             items[spec.name] = PlanItem(spec.name, "run", f"upstream {', '.join(pending)} will run",
@@ -183,9 +194,9 @@ def plan(cfg: ExperimentConfig, store: Store, depth: int = 0) -> list[PlanItem]:
                                         config=config, code_version=code)
             continue
         upstream = {name: items[name].manifest for name in spec.upstream}
-        if spec.follows_parent and parent is not None:
+        if follows:
             check_parent_fits(cfg, parent, items["tokenizer"].manifest, items["mixed"].manifest)
-            upstream["parent"] = parent.manifest
+            upstream.update({PARENT_UPSTREAM[stage]: parent.manifests[stage] for stage in follows})
         fp = fingerprint(spec.name, code, config, {name: m.content_hash for name, m in upstream.items()})
         found = store.find(spec.name, fp)
         if found is not None:

@@ -7,12 +7,14 @@ import pytest
 
 from evaluation.forgetting import (
     Stage,
+    ancestor_rows,
     as_curve,
     forgetting_markdown,
     forgetting_table,
     trained_domains,
     transfer_markdown,
     transfer_matrix,
+    write_forgetting,
 )
 from evaluation.forgetting_plots import plot_forgetting, plot_transfer
 from training.outputs import LEDGER_FILE
@@ -116,3 +118,18 @@ def test_plots_are_written_and_reproducible(tmp_path: Path) -> None:
     assert first[:4] == b"\x89PNG" and plot_forgetting(table, tmp_path / "b.png", "child").read_bytes() == first
     heatmap = plot_transfer(rows, tmp_path / "t.png", "transfer").read_bytes()
     assert heatmap == plot_transfer(rows, tmp_path / "u.png", "transfer").read_bytes()
+
+
+def test_a_chain_of_three_accumulates_rows_down_the_lineage(tmp_path: Path) -> None:
+    """demo -> cpt_docs -> a grandchild: each child's forgetting.json holds its chain's rows, then its own."""
+    pretrain = curve_of({"python": {0: 6.0, 150: 3.0, 300: 2.0}, "docs": {0: 6.5, 300: 4.0}})
+    # cpt_docs started from demo's step 300 (its row ends there).
+    first = ancestor_rows(Stage("demo", pretrain, 0, ["python"], end_step=300), None)
+    _, rows = write_forgetting(tmp_path, "cpt_docs", CHILD, 0, ["python"], ["docs", "python"], first)
+    saved = json.loads((tmp_path / "forgetting.json").read_text())
+    assert [row["stage"] for row in saved["transfer"]] == ["demo", "cpt_docs"]
+    # The grandchild starts from cpt_docs' step 4: cpt_docs' saved row is replaced by one that ends there.
+    chain = ancestor_rows(Stage("cpt_docs", CHILD, 0, ["docs", "python"], end_step=4), saved)
+    assert [row.stage for row in chain] == ["demo", "cpt_docs"]
+    assert chain[0] == rows[0]
+    assert chain[1].change == pytest.approx({"code": 0.2, "data": -0.3, "docs": -0.8, "python": 0.3})
