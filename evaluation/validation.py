@@ -5,6 +5,7 @@ for continual pretraining, the parent's checkpoint (at step 0, or at the branch 
 the early rise and recovery (the stability gap) and the forgetting on the parent's domains are visible.
 """
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -16,10 +17,10 @@ EVAL_FILE = "eval.json"
 
 
 def validation_splits(mixed_dir: Path) -> dict[str, ValSplit]:
-    """The held-out shard of every domain of a ``mixed`` output that has one."""
+    """The held-out shard of every domain of a ``mixed`` output that has one, with its per-document index."""
     domains = json.loads((mixed_dir / "mixture.json").read_text())["domains"]
     return {
-        name: ValSplit(str(mixed_dir / "shards" / name / "val.bin"), split["val"]["bytes"])
+        name: ValSplit(str(mixed_dir / "shards" / name / "val.bin"), str(mixed_dir / "shards" / name / "val.index.npz"))
         for name, split in domains.items() if "val" in split
     }
 
@@ -45,8 +46,7 @@ def evaluate_run(checkpoints: dict[int, Path | None], model: ModelConfig, vocab_
     curve = {}
     for step, checkpoint in checkpoints.items():
         results = evaluate_checkpoint(checkpoint, model, vocab_size, splits, cfg, seed)
-        curve[step] = {name: {"loss": r.loss, "bits_per_byte": r.bits_per_byte, "tokens": r.tokens}
-                       for name, r in results.items()}
+        curve[step] = {name: dataclasses.asdict(r) for name, r in results.items()}
         if on_step is not None:
             on_step(step, results)
     final, initial = curve[max(curve)], curve[min(curve)]
