@@ -25,7 +25,7 @@ def build(run: StageRun) -> StageResult:
                                "removed_by_reason": MetadataValue.json(stats["removed_by_reason"]),
                                "cluster_sizes": MetadataValue.json(stats["cluster_sizes"]),
                                # corpus = kept + rejected + quarantined + held_out (the stage checks it)
-                               "accounting": MetadataValue.json(stats["documents"]),
+                               "accounting": MetadataValue.json(stats["accounting"]),
                                "held_out_by_domain": MetadataValue.json(held_out),
                                "held_out_warnings": MetadataValue.json(stats["held_out_warnings"]),
                                "report": MetadataValue.json({"files": artifacts})},

@@ -16,7 +16,7 @@ Stages (one datatrove executor each, chained; local processes by default, Slurm 
 Every rule writes what it removes to ``rejected/<rule>/`` with ``filter_rule`` (and datatrove's finer
 ``filter_reason``) in the document: the reject set is data, next to the kept set. Per-rule counts come from
 datatrove's step statistics; every corpus document is accounted for as kept, rejected or held out, or the stage
-fails (``stats["documents"]``).
+fails (``stats["accounting"]``).
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ def build_filtered(cfg: FilterConfig, corpus_dir: Path, out_dir: Path) -> dict:
     ``corpus_dir`` into ``out_dir/kept`` and ``out_dir/rejected``.
 
     Writes ``out_dir/report/filter_stats.json`` (histograms, cluster sizes) and returns the summary statistics,
-    with ``documents``: the corpus documents and how many were kept, rejected, quarantined and held out.
+    with ``accounting``: the corpus documents and how many were kept, rejected, quarantined and held out.
     """
     corpus_files = sorted(corpus_dir.glob(CORPUS_GLOB))
     if not corpus_files:
@@ -247,16 +247,16 @@ def build_filtered(cfg: FilterConfig, corpus_dir: Path, out_dir: Path) -> dict:
     heldout_ids = frozenset(doc_id for held in heldout.values() for doc_id in held.ids)
     stages = filter_stages(cfg, corpus_dir, out_dir, heldout_ids)
     step_stats = run_chain(cfg.executor, stages, cfg.workers, out_dir / "work" / "logs")
-    # Signatures, buckets, intermediate copies and logs are scratch: the outputs are the kept and rejected sets.
+    # Signatures, buckets, intermediate copies and logs are scratch: the outputs are the kept, rejected and held-out
+    # sets.
     shutil.rmtree(out_dir / "work")
     stats = collect_stats(out_dir, removed_by_reason(step_stats), [s["name"] for s in step_stats])
     stats.update(selection_stats(heldout, cfg.heldout))
     # filtered sets no document aside as unreadable: bad input was quarantined by the corpus stage, before it
     # became a document, so "quarantined" is 0 here and the corpus's own stats count that input.
-    documents = {"corpus": sum(count_lines(path) for path in corpus_files), "kept": stats["kept"],
-                 "rejected": sum(stats["rejected_by_rule"].values()), "quarantined": 0,
-                 "held_out": len(heldout_ids)}
-    stats["documents"] = documents
-    if documents["corpus"] != documents["kept"] + documents["rejected"] + documents["quarantined"] + len(heldout_ids):
-        raise RuntimeError(f"filtered lost documents: {documents}")
+    accounting = {"corpus": sum(count_lines(path) for path in corpus_files), "kept": stats["kept"],
+                  "rejected": sum(stats["rejected_by_rule"].values()), "quarantined": 0, "held_out": len(heldout_ids)}
+    stats["accounting"] = accounting
+    if accounting["corpus"] != sum(accounting[key] for key in ("kept", "rejected", "quarantined", "held_out")):
+        raise RuntimeError(f"filtered lost documents: {accounting}")
     return stats

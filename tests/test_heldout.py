@@ -142,7 +142,7 @@ def test_demo_curation_holds_out_every_training_domain(tmp_path: Path) -> None:
     cfg, _ = compose_experiment(["experiment=demo"])
     build_corpus(cfg.corpus, tmp_path / "corpus")
     stats = build_filtered(cfg.filter, tmp_path / "corpus", tmp_path / "filtered")
-    counts = stats["documents"]
+    counts = stats["accounting"]
     assert counts["corpus"] == counts["kept"] + counts["rejected"] + counts["quarantined"] + counts["held_out"]
     assert stats["held_out_warnings"] == []
     train_tokenizer(cfg.tokenizer, tmp_path / "filtered" / "kept", tmp_path / "tokenizer")
