@@ -255,7 +255,8 @@ def build_filtered(cfg: FilterConfig, corpus_dir: Path, out_dir: Path) -> dict:
     # filtered sets no document aside as unreadable: bad input was quarantined by the corpus stage, before it
     # became a document, so "quarantined" is 0 here and the corpus's own stats count that input.
     accounting = {"corpus": sum(count_lines(path) for path in corpus_files), "kept": stats["kept"],
-                  "rejected": sum(stats["rejected_by_rule"].values()), "quarantined": 0, "held_out": len(heldout_ids)}
+                  "rejected": sum(stats["rejected_by_rule"].values()), "quarantined": 0,
+                  "held_out": sum(len(held.ids) for held in heldout.values())}
     stats["accounting"] = accounting
     if accounting["corpus"] != sum(accounting[key] for key in ("kept", "rejected", "quarantined", "held_out")):
         raise RuntimeError(f"filtered lost documents: {accounting}")

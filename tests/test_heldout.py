@@ -14,8 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from curation.config import HeldoutConfig
+from curation.config import DedupConfig, FilterConfig, HeldoutConfig
 from curation.corpus import build_corpus
+from curation.documents import DOCUMENTS_FILE, iter_document_files, make_document, read_documents, write_documents
 from curation.filters import build_filtered
 from curation.heldout import choose_heldout, heldout_rank, selection_stats, token_shortfalls
 from curation.mixture import build_mixture
@@ -61,6 +62,29 @@ def test_a_domain_that_cannot_meet_the_minimum_is_named() -> None:
     assert "'python' holds 20 documents and 900 tokens" in real[1]
     with pytest.raises(ValueError, match="max_fraction"):
         choose_heldout(corpus("x", 3), HeldoutConfig(fraction=0.6))
+
+
+def test_held_out_documents_skip_the_filters_and_their_copies_do_not_train(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    texts = [" ".join(f"w{n}" for n in rng.integers(0, 10_000, 60)) for _ in range(8)]
+    # Every text twice, under two sources: whichever copy is held out, the other must not train.
+    documents = [make_document(text, "notes", f"{copy}/{i}.txt") for i, text in enumerate(texts) for copy in "ab"]
+    (tmp_path / "corpus").mkdir()
+    write_documents(tmp_path / "corpus" / DOCUMENTS_FILE, documents)
+    cfg = FilterConfig(domain_rules={"notes": []}, dedup=DedupConfig(near=False),
+                       heldout=HeldoutConfig(fraction=0, min_documents=2, min_tokens=0))
+    stats = build_filtered(cfg, tmp_path / "corpus", tmp_path / "out")
+
+    def read(folder: str) -> list[dict]:
+        return [doc for path in iter_document_files(tmp_path / "out" / folder) for doc in read_documents(path)]
+
+    held, kept, rejected = read("heldout"), read("kept"), read("rejected")
+    assert [doc["id"] for doc in held] == choose_heldout([(d["id"], "notes", 0) for d in documents],
+                                                         cfg.heldout)["notes"].ids
+    held_texts = {doc["text"] for doc in held}
+    assert not held_texts & {doc["text"] for doc in kept}
+    assert sorted(doc["filter_rule"] for doc in rejected if doc["text"] in held_texts) == ["decontaminated"] * 2
+    assert stats["accounting"] == {"corpus": 16, "kept": 6, "rejected": 8, "quarantined": 0, "held_out": 2}
 
 
 def test_the_old_validation_fraction_key_sets_the_held_out_fraction() -> None:
