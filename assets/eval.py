@@ -53,8 +53,12 @@ def build(run: StageRun) -> StageResult:
     plot = f"{REPORT_DIR}/val_loss.png"
     plot_curves({d: [(s, curve[s][d]["loss"]) for s in curve] for d in stats}, run.output / plot,
                 title=f"{run.cfg.name}: validation loss per domain", ylabel="loss (nats/token)")
-    table = "| domain | tokens | initial loss | final loss | bits/byte |\n|---|---:|---:|---:|---:|\n" + "\n".join(
-        f"| {d} | {r['tokens']:,} | {r['initial_loss']:.3f} | {r['loss']:.3f} | {r['bits_per_byte']:.3f} |"
+    table = ("| domain | held-out documents | tokens | initial loss | final loss | loss: 95% bootstrap interval over "
+             "held-out documents | bits/byte | bits/byte: 95% bootstrap interval over held-out documents |\n"
+             "|---|---:|---:|---:|---:|---:|---:|---:|\n") + "\n".join(
+        f"| {d} | {r['documents']} | {r['tokens']:,} | {r['initial_loss']:.3f} | {r['loss']:.3f} | "
+        f"{r['loss_ci95'][0]:.3f} to {r['loss_ci95'][1]:.3f} | {r['bits_per_byte']:.3f} | "
+        f"{r['bits_per_byte_ci95'][0]:.3f} to {r['bits_per_byte_ci95'][1]:.3f} |"
         for d, r in stats.items()
     )
     # Numbers Dagster's plots tab charts over the asset's materializations.

@@ -7,5 +7,5 @@ from orchestration.resources import StageResult, StageRun
 
 def build(run: StageRun) -> StageResult:
     cfg = run.cfg.tokenizer
-    stats = train_tokenizer(cfg, run.upstream["filtered"] / "kept", run.cfg.validation_fraction, run.output)
+    stats = train_tokenizer(cfg, run.upstream["filtered"] / "kept", run.output)
     return StageResult(stats, {"vocab_size": stats["vocab_size"]})

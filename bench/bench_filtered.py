@@ -41,17 +41,20 @@ from curation.config import FilterConfig
 from curation.corpus import build_corpus  # noqa: E402
 from curation.decontamination import NGramDecontamination, build_index, eval_texts  # noqa: E402
 from curation.dedup import exact_config, minhash_config  # noqa: E402
-from curation.documents import DOCUMENTS_FILE, read_documents  # noqa: E402
+from curation.documents import DOCUMENTS_FILE, iter_document_files, read_documents  # noqa: E402
 from curation.filters import CORPUS_GLOB, build_filtered, rule_steps
+from curation.heldout import write_heldout  # noqa: E402
 from curation.word_tokenizer import RegexWordTokenizer, word_tokenizer  # noqa: E402
 from orchestration.compose import compose_experiment  # noqa: E402
 
 
-def plain_datatrove(cfg: FilterConfig, corpus: Path, out: Path, validation_fraction: float) -> None:
-    """The same filters as a datatrove user would chain them, with datatrove's dedup stages as documented."""
+def plain_datatrove(cfg: FilterConfig, corpus: Path, out: Path) -> None:
+    """The same filters as a datatrove user would chain them, with datatrove's dedup stages as documented; the same
+    held-out documents are the eval texts (not skipped: a plain pipeline filters everything)."""
     work, words = out / "work", word_tokenizer(cfg.word_tokenizer)
     decon = cfg.decontamination
-    index = build_index(eval_texts(decon, sorted(corpus.glob(CORPUS_GLOB)), validation_fraction), decon.ngram_size)
+    write_heldout(sorted(corpus.glob(CORPUS_GLOB)), cfg.heldout, out / "heldout")
+    index = build_index(eval_texts(decon, iter_document_files(out / "heldout")), decon.ngram_size)
 
     def writer(folder: Path) -> JsonlWriter:
         return JsonlWriter(str(folder), output_filename="${rank}.jsonl", compression=None, expand_metadata=True)
@@ -59,7 +62,7 @@ def plain_datatrove(cfg: FilterConfig, corpus: Path, out: Path, validation_fract
     def reader(folder: Path, glob: str = "*.jsonl") -> JsonlReader:
         return JsonlReader(str(folder), glob_pattern=glob, add_file_path=False)
 
-    exact, minhash = exact_config(validation_fraction), minhash_config(cfg.dedup)
+    exact, minhash = exact_config(), minhash_config(cfg.dedup)
     sigs, buckets, clusters = str(work / "sigs"), str(work / "buckets"), str(work / "clusters")
     stages = [
         ([reader(corpus, CORPUS_GLOB), *rule_steps(cfg, out / "rejected", words), writer(work / "screened"),
@@ -71,7 +74,7 @@ def plain_datatrove(cfg: FilterConfig, corpus: Path, out: Path, validation_fract
         ([MinhashDedupBuckets(sigs, buckets, config=minhash)], minhash.num_buckets),
         ([MinhashDedupCluster(buckets, clusters, config=minhash)], 1),
         ([reader(work / "unique"), MinhashDedupFilter(clusters, exclusion_writer=writer(out / "rejected" / "near")),
-          NGramDecontamination(index, decon.ngram_size, decon.max_overlap, validation_fraction,
+          NGramDecontamination(index, decon.ngram_size, decon.max_overlap,
                                writer(out / "rejected" / "decontaminated")),
           writer(out / "kept")], 1),
     ]
@@ -113,14 +116,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     experiment = compose_experiment(["experiment=demo"])[0]
-    cfg, fraction = experiment.filter, experiment.validation_fraction
+    cfg = experiment.filter
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         build_corpus(experiment.corpus, root / "corpus")
         documents = sum(1 for _ in read_documents(root / "corpus" / DOCUMENTS_FILE))
         sides = {
-            "ours": lambda out: build_filtered(cfg, root / "corpus", out, fraction),
-            "plain datatrove": lambda out: plain_datatrove(cfg, root / "corpus", out, fraction),
+            "ours": lambda out: build_filtered(cfg, root / "corpus", out),
+            "plain datatrove": lambda out: plain_datatrove(cfg, root / "corpus", out),
         }
         times: dict[str, list[float]] = {name: [] for name in sides}
         for repeat in range(args.repeats):

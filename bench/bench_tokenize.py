@@ -32,7 +32,7 @@ def embedded_documents(folder: Path) -> tuple[Path, Path]:
     build_corpus(CorpusConfig(domains=caps), folder / "corpus")
     (folder / "documents").mkdir()
     (folder / "corpus" / DOCUMENTS_FILE).rename(folder / "documents" / DOCUMENTS_FILE)  # not the quarantine
-    train_tokenizer(TokenizerConfig(), folder / "documents", 0.05, folder / "tokenizer")
+    train_tokenizer(TokenizerConfig(), folder / "documents", folder / "tokenizer")
     return folder / "documents", folder / "tokenizer"
 
 

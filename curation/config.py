@@ -36,6 +36,23 @@ class CorpusConfig:
 
 
 @dataclass
+class HeldoutConfig:
+    """Held-out documents per domain, chosen from the corpus before any filter (``curation.heldout``)."""
+
+    # Share of each domain's corpus documents held out, taken in document-hash order.
+    fraction: float = 0.05
+    # Then more, in the same order, until a domain holds at least this many documents and (estimated) tokens:
+    # a bootstrap interval over documents needs tens of them.
+    min_documents: int = 20
+    min_tokens: int = 16384
+    # Tokens are estimated from UTF-8 bytes before the tokenizer exists (the mixed stage reports the real counts).
+    bytes_per_token: float = 3.5
+    # Never hold out more than this share of a domain's documents: the rest must be able to train. A domain that
+    # reaches it before its minimums is named in a warning.
+    max_fraction: float = 0.5
+
+
+@dataclass
 class DecontaminationConfig:
     enabled: bool = True
     # Words per n-gram (13 as in GPT-3 and OLMo's decontamination).
@@ -43,7 +60,7 @@ class DecontaminationConfig:
     # Drop a training document when at least this share of its n-grams occur in the eval texts. A share, not "any":
     # license headers and boilerplate shared with one eval file must not take every file that carries them.
     max_overlap: float = 0.5
-    # Use the corpus's validation split (by document hash) as eval texts.
+    # Use the held-out documents (filter.heldout) as eval texts: a training document that duplicates one is dropped.
     use_validation_split: bool = True
     # Extra eval texts: JSONL files or globs (local or any fsspec URL), one text per line in ``eval_text_field``.
     eval_paths: list[str] = field(default_factory=list)
@@ -139,6 +156,7 @@ class FilterConfig:
     default_rule_sets: list[str] = field(default_factory=lambda: ["prose"])
     prose: ProseRules = field(default_factory=ProseRules)
     code: CodeRules = field(default_factory=CodeRules)
+    heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
     decontamination: DecontaminationConfig = field(default_factory=DecontaminationConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     # Word splitting for Gopher, FineWeb and MinHash: regex (curation.word_tokenizer) or spacy (datatrove's default,

@@ -1,7 +1,7 @@
 """N-gram decontamination: training documents that share too many word n-grams with evaluation texts are dropped.
 
-Evaluation texts are the corpus's own validation split (the documents ``is_validation`` puts there, which every
-later stage holds out) plus any JSONL files of eval texts named in config. The index is a sorted array of 64-bit
+Evaluation texts are the corpus's held-out documents (``curation.heldout``, chosen before any filter and never
+trained on) plus any JSONL files of eval texts named in config. The index is a sorted array of 64-bit
 n-gram hashes built once on the submitting host and shipped with the step, so it works on every executor.
 N-grams are hashed word by word (xxhash, stable across processes) and combined with a polynomial in numpy, so a
 document costs one regex split and a few vectorised operations.
@@ -22,7 +22,7 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
 from curation.config import DecontaminationConfig
-from curation.documents import is_validation, read_documents
+from curation.documents import read_documents
 
 WORD = re.compile(r"\w+")
 MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit constant: the polynomial's base
@@ -58,12 +58,11 @@ def _eval_file_texts(pattern: str, text_field: str) -> Iterable[str]:
                 yield record[text_field]
 
 
-def eval_texts(cfg: DecontaminationConfig, corpus_files: list[Path], validation_fraction: float) -> Iterable[str]:
-    if cfg.use_validation_split and validation_fraction > 0:
-        for path in corpus_files:
+def eval_texts(cfg: DecontaminationConfig, heldout_files: list[Path]) -> Iterable[str]:
+    if cfg.use_validation_split:
+        for path in heldout_files:
             for record in read_documents(path):
-                if is_validation(record["id"], validation_fraction):
-                    yield record["text"]
+                yield record["text"]
     for pattern in cfg.eval_paths:
         yield from _eval_file_texts(pattern, cfg.eval_text_field)
 
@@ -76,19 +75,17 @@ def build_index(texts: Iterable[str], n: int) -> np.ndarray:
 class NGramDecontamination(BaseFilter):
     """Drops training documents whose n-grams overlap the eval index by ``max_overlap`` or more.
 
-    Validation documents are the eval texts themselves: they pass untouched, and stay held out downstream.
+    Held-out documents never reach it: they were set apart before the filters.
     """
 
     name = "🧪 N-gram decontamination"
 
-    def __init__(self, index: np.ndarray, ngram_size: int, max_overlap: float, validation_fraction: float,
-                 exclusion_writer: DiskWriter = None):
+    def __init__(self, index: np.ndarray, ngram_size: int, max_overlap: float, exclusion_writer: DiskWriter = None):
         super().__init__(exclusion_writer)
         self.index, self.ngram_size, self.max_overlap = index, ngram_size, max_overlap
-        self.validation_fraction = validation_fraction
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        if not self.index.size or is_validation(doc.id, self.validation_fraction):
+        if not self.index.size:
             return True
         hashes = ngram_hashes(doc.text, self.ngram_size)
         if not hashes.size:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import struct
 from collections import defaultdict
-from functools import partial
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.io import DataFolderLike, get_datafolder
@@ -27,7 +26,6 @@ from datatrove.pipeline.dedup.minhash import MinhashConfig
 from datatrove.utils.binaryio import read_tuples_from_file
 
 from curation.config import DedupConfig
-from curation.documents import is_validation
 
 
 def exact_text(doc: Document) -> str:
@@ -35,15 +33,10 @@ def exact_text(doc: Document) -> str:
     return doc.text.strip()
 
 
-def validation_first(doc: Document, validation_fraction: float) -> int:
-    """Exact dedup keeps the copy of highest priority: the validation copy, so eval text is never the one dropped."""
-    return 2 if is_validation(doc.id, validation_fraction) else 1
-
-
-def exact_config(validation_fraction: float) -> ExactDedupConfig:
-    # partial of module functions, not lambdas: the config travels to Slurm and Ray workers by pickling.
-    return ExactDedupConfig(content_getter=exact_text,
-                            document_priority=partial(validation_first, validation_fraction=validation_fraction))
+def exact_config() -> ExactDedupConfig:
+    # A module function, not a lambda: the config travels to Slurm and Ray workers by pickling. No priority:
+    # held-out documents never reach dedup (curation.heldout), so any copy of a duplicate may stay.
+    return ExactDedupConfig(content_getter=exact_text)
 
 
 def minhash_config(cfg: DedupConfig) -> MinhashConfig:

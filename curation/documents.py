@@ -38,12 +38,6 @@ def make_document(text: str, domain: str, source: str) -> dict:
     }
 
 
-def is_validation(doc_id: str, fraction: float) -> bool:
-    """Train/validation split by document hash: the same document lands on the same side in every stage."""
-    bucket = int(hashlib.sha256(f"split:{doc_id}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return bucket < fraction
-
-
 @dataclass
 class Quarantine:
     """Collects rejected input with its reason; counts per reason."""

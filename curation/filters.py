@@ -2,18 +2,21 @@
 
 Stages (one datatrove executor each, chained; local processes by default, Slurm or Ray from config):
 
-    screen:            read corpus -> each domain's rule sets (prose: Gopher quality + repetition, FineWeb;
-                       code: minified, alphanumeric ratio, generated markers; python: parses, lint score)
+    (before)           choose the held-out documents per domain (curation.heldout) -> write "heldout"
+    screen:            read corpus -> skip the held-out documents -> each domain's rule sets (prose: Gopher
+                       quality + repetition, FineWeb; code: minified, alphanumeric ratio, generated markers;
+                       python: parses, lint score)
                        -> write "screened" -> exact-dedup hashes
     exact_duplicates:  find exact duplicates and the size of each cluster
     unique:            drop exact duplicates (sizes kept) -> write "unique" -> MinHash signatures
     minhash_buckets, minhash_clusters: LSH candidate pairs, union-find clusters
     kept:              cluster sizes and combined duplicate counts -> drop near duplicates
-                       -> n-gram decontamination against eval texts -> write "kept"
+                       -> n-gram decontamination against eval texts (held-out documents) -> write "kept"
 
 Every rule writes what it removes to ``rejected/<rule>/`` with ``filter_rule`` (and datatrove's finer
 ``filter_reason``) in the document: the reject set is data, next to the kept set. Per-rule counts come from
-datatrove's step statistics; every input document is accounted for as kept or rejected, or the stage fails.
+datatrove's step statistics; every corpus document is accounted for as kept, rejected or held out, or the stage
+fails (``stats["accounting"]``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import shutil
 from pathlib import Path
 
 from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter, ExactDedupSignature, ExactFindDedups
 from datatrove.pipeline.dedup.minhash import (
     MinhashDedupBuckets,
@@ -46,8 +50,10 @@ from curation.code_filters import (
 from curation.config import FilterConfig
 from curation.decontamination import NGramDecontamination, build_index, eval_texts
 from curation.dedup import DuplicateCounts, ExactSizes, exact_config, minhash_config
+from curation.documents import iter_document_files
 from curation.executors import Stage, run_chain
 from curation.filter_stats import collect_stats, count_lines
+from curation.heldout import HELDOUT_DIR, selection_stats, write_heldout
 from curation.word_tokenizer import word_tokenizer
 
 CORPUS_GLOB = "documents*.jsonl*"  # the corpus stage's documents, not its quarantine file
@@ -77,6 +83,23 @@ class ForDomains(BaseFilter):
         if domain in self.domains or (self.unlisted and domain not in self.listed):
             return self.inner.filter(doc)
         return True
+
+
+class SkipHeldOut(PipelineStep):
+    """Passes on every document but the held-out ones, which were chosen and written before any filter."""
+
+    name = "🔒 Skip held-out documents"
+
+    def __init__(self, ids: frozenset[str]):
+        super().__init__()
+        self.ids = ids
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        for doc in data:
+            if doc.id in self.ids:
+                self.stat_update("held_out")  # not a "dropped" count: held out is not removed
+                continue
+            yield doc
 
 
 class ShardWriter(JsonlWriter):
@@ -145,30 +168,28 @@ def rule_steps(cfg: FilterConfig, rejected: Path, words: str | WordTokenizer) ->
     return steps
 
 
-def decontamination_steps(cfg: FilterConfig, corpus_files: list[Path], validation_fraction: float,
-                          rejected: Path) -> list[BaseFilter]:
+def decontamination_steps(cfg: FilterConfig, heldout_dir: Path, rejected: Path) -> list[BaseFilter]:
     decon = cfg.decontamination
     if not decon.enabled:
         return []
-    index = build_index(eval_texts(decon, corpus_files, validation_fraction), decon.ngram_size)
-    return [NGramDecontamination(index, decon.ngram_size, decon.max_overlap, validation_fraction,
+    index = build_index(eval_texts(decon, iter_document_files(heldout_dir)), decon.ngram_size)
+    return [NGramDecontamination(index, decon.ngram_size, decon.max_overlap,
                                  ShardWriter(rejected / "decontaminated", "decontaminated"))]
 
 
-def filter_stages(cfg: FilterConfig, corpus_dir: Path, out_dir: Path, validation_fraction: float) -> list[Stage]:
+def filter_stages(cfg: FilterConfig, corpus_dir: Path, out_dir: Path, heldout_ids: frozenset[str]) -> list[Stage]:
     """The chain of datatrove stages, from the corpus to ``out_dir/kept`` and ``out_dir/rejected/<rule>``.
 
+    The held-out documents (``out_dir/heldout``, ``heldout_ids``) are skipped first, so no filter can take them.
     Decontamination runs last, on what dedup kept: a training copy of an eval text is then reported as a duplicate
-    when it is one, and exact dedup keeps the validation copy of an exact duplicate (priority), not a training one.
+    when it is one.
     """
     work, rejected = out_dir / "work", out_dir / "rejected"
-    corpus_files = sorted(corpus_dir.glob(CORPUS_GLOB))
-    if not corpus_files:
-        raise FileNotFoundError(f"no corpus documents ({CORPUS_GLOB}) in the corpus output: re-materialize corpus")
-    tasks, dedup, words = len(corpus_files), cfg.dedup, word_tokenizer(cfg.word_tokenizer)
-    exact = exact_config(validation_fraction)
+    tasks, dedup, words = len(list(corpus_dir.glob(CORPUS_GLOB))), cfg.dedup, word_tokenizer(cfg.word_tokenizer)
+    exact = exact_config()
     stages = [Stage("screen", [
-        _reader(corpus_dir, CORPUS_GLOB), *rule_steps(cfg, rejected, words), ShardWriter(work / "screened"),
+        _reader(corpus_dir, CORPUS_GLOB), SkipHeldOut(heldout_ids), *rule_steps(cfg, rejected, words),
+        ShardWriter(work / "screened"),
         *([ExactDedupSignature(str(work / "exact_signatures"), exact)] if dedup.exact else []),
     ], tasks)]
     unique = [_reader(work / "screened")]
@@ -178,7 +199,7 @@ def filter_stages(cfg: FilterConfig, corpus_dir: Path, out_dir: Path, validation
         unique += [ExactDedupFilter(str(work / "exact_duplicates"), exact,
                                     exclusion_writer=ShardWriter(rejected / "exact_duplicate", "exact_duplicate")),
                    ExactSizes(str(work / "exact_sizes"))]
-    last = [*decontamination_steps(cfg, corpus_files, validation_fraction, rejected), ShardWriter(out_dir / "kept")]
+    last = [*decontamination_steps(cfg, out_dir / HELDOUT_DIR, rejected), ShardWriter(out_dir / "kept")]
     if not dedup.near:
         return [*stages, Stage("kept", [*unique, DuplicateCounts(None, None), *last], tasks)]
     minhash, signatures = minhash_config(dedup), str(work / "minhash_signatures")
@@ -212,19 +233,31 @@ def removed_by_reason(stats: list[dict]) -> dict[str, int]:
     return removed
 
 
-def build_filtered(cfg: FilterConfig, corpus_dir: Path, out_dir: Path, validation_fraction: float = 0.0) -> dict:
-    """Filter and deduplicate the corpus in ``corpus_dir`` into ``out_dir/kept`` and ``out_dir/rejected``.
+def build_filtered(cfg: FilterConfig, corpus_dir: Path, out_dir: Path) -> dict:
+    """Hold out documents per domain into ``out_dir/heldout``; filter and deduplicate the rest of the corpus in
+    ``corpus_dir`` into ``out_dir/kept`` and ``out_dir/rejected``.
 
-    Writes ``out_dir/report/filter_stats.json`` (histograms, cluster sizes) and returns the summary statistics.
-    ``validation_fraction``: the experiment's held-out share, whose documents are the default eval texts.
+    Writes ``out_dir/report/filter_stats.json`` (histograms, cluster sizes) and returns the summary statistics,
+    with ``accounting``: the corpus documents and how many were kept, rejected, quarantined and held out.
     """
-    stages = filter_stages(cfg, corpus_dir, out_dir, validation_fraction)
+    corpus_files = sorted(corpus_dir.glob(CORPUS_GLOB))
+    if not corpus_files:
+        raise FileNotFoundError(f"no corpus documents ({CORPUS_GLOB}) in the corpus output: re-materialize corpus")
+    heldout = write_heldout(corpus_files, cfg.heldout, out_dir / HELDOUT_DIR)
+    heldout_ids = frozenset(doc_id for held in heldout.values() for doc_id in held.ids)
+    stages = filter_stages(cfg, corpus_dir, out_dir, heldout_ids)
     step_stats = run_chain(cfg.executor, stages, cfg.workers, out_dir / "work" / "logs")
-    # Signatures, buckets, intermediate copies and logs are scratch: the outputs are the kept and rejected sets.
+    # Signatures, buckets, intermediate copies and logs are scratch: the outputs are the kept, rejected and held-out
+    # sets.
     shutil.rmtree(out_dir / "work")
     stats = collect_stats(out_dir, removed_by_reason(step_stats), [s["name"] for s in step_stats])
-    documents = sum(count_lines(path) for path in sorted(corpus_dir.glob(CORPUS_GLOB)))
-    accounted = stats["kept"] + sum(stats["rejected_by_rule"].values())
-    if accounted != documents:
-        raise RuntimeError(f"filtered lost documents: {documents} read, {accounted} kept or rejected")
+    stats.update(selection_stats(heldout, cfg.heldout))
+    # filtered sets no document aside as unreadable: bad input was quarantined by the corpus stage, before it
+    # became a document, so "quarantined" is 0 here and the corpus's own stats count that input.
+    accounting = {"corpus": sum(count_lines(path) for path in corpus_files), "kept": stats["kept"],
+                  "rejected": sum(stats["rejected_by_rule"].values()), "quarantined": 0,
+                  "held_out": sum(len(held.ids) for held in heldout.values())}
+    stats["accounting"] = accounting
+    if accounting["corpus"] != sum(accounting[key] for key in ("kept", "rejected", "quarantined", "held_out")):
+        raise RuntimeError(f"filtered lost documents: {accounting}")
     return stats

@@ -11,16 +11,16 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from curation.documents import is_validation, iter_document_files, read_documents
+from curation.documents import iter_document_files, read_documents
+from curation.heldout import HELDOUT_DIR
 from curation.ledger_report import ledger_sections
 
 
-def validation_texts(filtered_kept: Path, validation_fraction: float) -> Iterator[str]:
-    """The held-out documents' texts: the side of the split the tokenizer never trains on."""
-    for path in iter_document_files(filtered_kept):
+def heldout_texts(filtered_dir: Path) -> Iterator[str]:
+    """The held-out documents' texts (``filtered``'s ``heldout/``): text the tokenizer never trained on."""
+    for path in iter_document_files(filtered_dir / HELDOUT_DIR):
         for doc in read_documents(path):
-            if is_validation(doc["id"], validation_fraction):
-                yield doc["text"]
+            yield doc["text"]
 
 
 def round_trip(tokenizer: Tokenizer, texts: Iterable[str]) -> tuple[bool, dict]:
@@ -44,12 +44,8 @@ def round_trip(tokenizer: Tokenizer, texts: Iterable[str]) -> tuple[bool, dict]:
 
 
 def accounted_documents(filtered_stats: dict) -> dict[str, int]:
-    """Where ``filtered`` put the corpus's documents, by category, from its stats."""
-    counts = {"kept": filtered_stats["kept"], "rejected": sum(filtered_stats["rejected_by_rule"].values())}
-    # Held-out documents set aside before the filters (filter.heldout), when the stage lists them.
-    if "held_out_by_domain" in filtered_stats:
-        counts["held_out"] = sum(d["documents"] for d in filtered_stats["held_out_by_domain"].values())
-    return counts
+    """Where ``filtered`` put the corpus's documents, by category, from its stats (``accounting``)."""
+    return {k: v for k, v in filtered_stats["accounting"].items() if k != "corpus"}
 
 
 def every_document_accounted(corpus_documents: int, accounted: dict[str, int]) -> tuple[bool, dict]:

@@ -2,7 +2,10 @@
 
 Layout of the output folder:
 
-    shards/<domain>/train.bin, val.bin   uint32 tokens, each document followed by EOS (memory-mappable)
+    shards/<domain>/train.bin, val.bin   uint32 tokens, each document followed by EOS (memory-mappable); train
+                                         holds filtered's kept documents, val its held-out ones (curation.heldout)
+    shards/<domain>/<split>.index.npz    per document: doc_offsets (n + 1 token offsets into the .bin) and
+                                         doc_bytes (UTF-8 bytes of its text), so evaluation can attribute loss
     train_stream.bin (+ .index.npz)      the training stream: its phases in order, each whole documents
                                          interleaved by the phase's weights (the loader's dataset_path)
     replay_stream.bin (+ .index.npz)     the replay mixture, when mixture.replay.fraction > 0
@@ -27,7 +30,8 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from curation.config import MixtureConfig, PhaseConfig, ReplayConfig
-from curation.documents import is_validation, iter_document_files, read_documents
+from curation.documents import iter_document_files, read_documents
+from curation.heldout import HELDOUT_DIR
 from curation.ledger import stream_ledger
 from curation.packing import REPLAY_STREAM, TOKEN_DTYPE, StreamIndex
 from curation.tokenizer import EOS, load_tokenizer
@@ -52,27 +56,27 @@ def encode_documents(tokenizer: Tokenizer, texts: list[str], eos: int) -> list[n
     return arrays
 
 
-def tokenize_domains(filtered_kept: Path, tokenizer: Tokenizer, validation_fraction: float, batch: int):
-    """Documents per (domain, split), plus byte counts."""
+def tokenize_domains(filtered_dir: Path, tokenizer: Tokenizer, batch: int):
+    """Documents per (domain, split): train from filtered's kept documents, val from its held-out ones; plus the
+    UTF-8 bytes of each document's text."""
     eos = tokenizer.token_to_id(EOS)
     docs: dict[tuple[str, str], list[Document]] = {}
-    n_bytes: dict[tuple[str, str], int] = {}
+    n_bytes: dict[tuple[str, str], list[int]] = {}
     pending: list[tuple[tuple[str, str], dict]] = []
 
     def flush() -> None:
         arrays = encode_documents(tokenizer, [doc["text"] for _, doc in pending], eos)
         for (key, doc), tokens in zip(pending, arrays, strict=True):
             docs.setdefault(key, []).append(Document(tokens, doc.get("source", "")))
+            n_bytes.setdefault(key, []).append(doc["bytes"])
         pending.clear()
 
-    for path in iter_document_files(filtered_kept):
-        for doc in read_documents(path):
-            split = "val" if is_validation(doc["id"], validation_fraction) else "train"
-            key = (doc["domain"], split)
-            n_bytes[key] = n_bytes.get(key, 0) + doc["bytes"]
-            pending.append((key, doc))
-            if len(pending) >= batch:
-                flush()
+    for split, folder in (("train", "kept"), ("val", HELDOUT_DIR)):
+        for path in iter_document_files(filtered_dir / folder):
+            for doc in read_documents(path):
+                pending.append(((doc["domain"], split), doc))
+                if len(pending) >= batch:
+                    flush()
     flush()
     return docs, n_bytes
 
@@ -152,7 +156,7 @@ def resolve_phases(cfg: MixtureConfig, domain_tokens: dict[str, int]) -> list[tu
     if any(p.fraction <= 0 for p in phases) or abs(sum(p.fraction for p in phases) - 1) > 1e-6:
         raise ValueError(f"mixture.phases fractions must be positive and sum to 1, got {[p.fraction for p in phases]}")
     if not domain_tokens:
-        raise ValueError("no domain has training documents: the filter or the validation split took them all")
+        raise ValueError("no domain has training documents: the filters or the held-out selection took them all")
     resolved = []
     for phase in phases:
         temperature = cfg.temperature if phase.temperature is None else phase.temperature
@@ -202,15 +206,17 @@ def write_stream(path: Path, picks_by_phase: dict[str, list[tuple[str, int]]], t
 
 
 def write_shards(docs: dict[tuple[str, str], list[Document]], n_bytes: dict, out_dir: Path) -> dict:
-    """shards/<domain>/<split>.bin; returns documents, tokens and bytes per domain and split."""
+    """shards/<domain>/<split>.bin and its index; returns documents, tokens and bytes per domain and split."""
     domains: dict[str, dict] = {}
     for (domain, split), documents in sorted(docs.items()):
         folder = out_dir / "shards" / domain
         folder.mkdir(parents=True, exist_ok=True)
         tokens = np.concatenate([doc.tokens for doc in documents])
         tokens.tofile(folder / f"{split}.bin")
+        offsets = np.concatenate([[0], np.cumsum([len(doc.tokens) for doc in documents])]).astype(np.int64)
+        np.savez(folder / f"{split}.index.npz", doc_offsets=offsets, doc_bytes=np.array(n_bytes[(domain, split)]))
         domains.setdefault(domain, {})[split] = {
-            "documents": len(documents), "tokens": int(tokens.size), "bytes": n_bytes[(domain, split)],
+            "documents": len(documents), "tokens": int(tokens.size), "bytes": sum(n_bytes[(domain, split)]),
         }
     return domains
 
@@ -236,11 +242,10 @@ def pick_phases(phases: list[tuple[PhaseConfig, dict[str, float]]], lengths: dic
     return picks
 
 
-def build_mixture(
-    cfg: MixtureConfig, filtered_kept: Path, tokenizer_dir: Path, validation_fraction: float, out_dir: Path
-) -> dict:
+def build_mixture(cfg: MixtureConfig, filtered_dir: Path, tokenizer_dir: Path, out_dir: Path) -> dict:
+    """Shards and streams from a ``filtered`` output (its kept and held-out documents); writes mixture.json."""
     tokenizer = load_tokenizer(tokenizer_dir)
-    docs, n_bytes = tokenize_domains(filtered_kept, tokenizer, validation_fraction, cfg.encode_batch_size)
+    docs, n_bytes = tokenize_domains(filtered_dir, tokenizer, cfg.encode_batch_size)
     domains = write_shards(docs, n_bytes, out_dir)
     train = {d: split_long(documents, cfg.max_doc_tokens) for (d, split), documents in sorted(docs.items())
              if split == "train"}
@@ -262,6 +267,9 @@ def build_mixture(
         replay_index = write_stream(out_dir / REPLAY_STREAM, {"replay": replay_picks}, train, {})
         ledger["replay"] = stream_ledger(replay_index, {"replay": replay})["replay"]
     ledger["epochs"] = {d: round(cycler.epochs, 4) for d, cycler in cyclers.items()}
-    summary = {"domains": domains, "ledger": ledger, "stream_tokens": int(index.doc_offsets[-1])}
+    # The domains that train (a positive weight in a phase or the replay): each should have held-out data.
+    trained = sorted({d for _, weights in phases for d in weights} | set(replay))
+    summary = {"domains": domains, "trained_domains": trained, "ledger": ledger,
+               "stream_tokens": int(index.doc_offsets[-1])}
     (out_dir / "mixture.json").write_text(json.dumps(summary, indent=2))
     return summary

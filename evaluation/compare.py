@@ -183,7 +183,8 @@ def summarize(arms: list[ArmRecord], baseline: str | None = None, target_loss: f
     for arm in arms:
         row = {"name": arm.name, "setting": setting_of[arm.name], "params": arm.params, "seed": arm.seed,
                "final_val_loss": final_loss[arm.name], "results": arm.results,
-               "final": {d: {m: arm.final[d][m] for m in ("loss", "bits_per_byte")} for d in arm.final}}
+               "final": {d: {m: arm.final[d].get(m) for m in ("loss", "bits_per_byte", "bits_per_byte_ci95")}
+                         for d in arm.final}}
         if speedup:
             row["tokens_to_target"] = tokens_to_target(curves[arm.name], speedup["target_loss"])
             row["ratio_to_baseline"] = _ratio(row["tokens_to_target"], speedup)
@@ -283,6 +284,10 @@ def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
+def _interval(bounds: list[float] | None) -> str:
+    return "" if not bounds else f"{bounds[0]:.4f} to {bounds[1]:.4f}"
+
+
 def _mean_std(cell: dict | None) -> str:
     if not cell or cell["mean"] is None:
         return ""
@@ -307,14 +312,18 @@ def arms_table(summary: dict) -> str:
     params = sorted({key for row in rows for key in row["params"]})
     seed_column = not any(is_seed_key(key) for key in params)  # the seed, unless a params key already says it
     results = list(dict.fromkeys(key for row in rows for key in row["results"]))
+    # The 95% bootstrap interval over held-out documents, where the arms' evals have one (evaluation.bootstrap).
+    intervals = [d for d in domains if any(row["final"].get(d, {}).get("bits_per_byte_ci95") for row in rows)]
     header = ["arm", *params, *(["seed"] if seed_column else []), "final val loss",
-              *(f"bpb {d}" for d in domains), *(["tokens to target (x baseline)"] if speedup else []), *results]
+              *(f"bpb {d}" for d in domains), *(f"bpb {d} 95% interval" for d in intervals),
+              *(["tokens to target (x baseline)"] if speedup else []), *results]
     body = []
     for row in rows:
         cells = [_cell(row["name"]), *(_cell(row["params"].get(key)) for key in params)]
         cells += [_cell(row["seed"])] if seed_column else []
         cells += [_number(row["final_val_loss"])]
         cells += [_number(row["final"][d]["bits_per_byte"]) if d in row["final"] else "" for d in domains]
+        cells += [_interval(row["final"].get(d, {}).get("bits_per_byte_ci95")) for d in intervals]
         cells += [_tokens(row["tokens_to_target"], row["ratio_to_baseline"])] if speedup else []
         body.append(cells + [_cell(row["results"].get(key)) for key in results])
     return _table(header, body)
@@ -360,7 +369,8 @@ def render_markdown(summary: dict, table: str, plots: list[str], title: str) -> 
              else "No swept parameter: the arms differ at most in their seed.")
     intro = (f"{len(summary['arms'])} arm(s) in {len(summary['settings'])} setting(s). {swept} An arm's validation "
              f"loss: the token-weighted mean of its losses on {', '.join(summary['val_loss_domains'])} (the domains "
-             "every arm evaluates); final: at its last evaluation.")
+             "every arm evaluates); final: at its last evaluation. A bpb interval is the 95% bootstrap interval "
+             "over the held-out documents of one arm's final evaluation (its data noise, not its seed spread).")
     parts = [f"# {title}", intro, "## Arms", table, f"## Settings\n\nMean ± {SPREAD} (no spread for one seed).",
              settings_table(summary), "## Tokens to target", _speedup_text(summary["tokens_to_target"]),
              "## Figures", *(f"![{Path(plot).stem}]({plot})" for plot in plots)]

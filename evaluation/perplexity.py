@@ -3,7 +3,9 @@
 The model is the same torchtitan llama3 the trainer built; its weights come from the model entries of a DCP
 checkpoint (torch.distributed.checkpoint reads it without a process group). Each domain's tokens are cut
 into consecutive windows of seq_len + 1 tokens overlapping by one, so every token after the first is
-predicted exactly once, from the context inside its window.
+predicted exactly once, from the context inside its window. Each predicted token's loss is attributed to the
+held-out document that holds it (the split's index), which gives the bootstrap interval over documents
+(``evaluation.bootstrap``).
 """
 
 import math
@@ -17,6 +19,7 @@ import torch.distributed.checkpoint as dcp
 import torch.nn.functional as F
 from torch import nn
 
+from evaluation.bootstrap import bootstrap_intervals, document_sums
 from evaluation.config import EvalConfig
 from kernels.attention import attention_backend
 from training.config import ModelConfig
@@ -25,15 +28,20 @@ from training.model import llama3_model_config
 
 @dataclass
 class ValSplit:
-    tokens_path: str  # flat uint32 token file
-    n_bytes: int  # UTF-8 bytes of the text those tokens encode
+    tokens_path: str  # flat uint32 token file: documents one after another
+    index_path: str  # .npz: doc_offsets (n + 1 token offsets) and doc_bytes (UTF-8 bytes of each document's text)
 
 
 @dataclass
 class DomainResult:
+    """One domain at one checkpoint; plain JSON-able values (eval.json stores ``dataclasses.asdict`` of it)."""
+
     tokens: int  # predicted tokens
     loss: float  # mean nats per predicted token
     bits_per_byte: float
+    documents: int  # held-out documents with a predicted token: what the intervals resample
+    loss_ci95: tuple[float, float]  # 95% bootstrap interval over documents
+    bits_per_byte_ci95: tuple[float, float]
 
 
 def list_checkpoints(output_dir: str | Path) -> dict[int, Path]:
@@ -79,28 +87,36 @@ def _windows(tokens: np.ndarray, seq_len: int, max_predicted: int) -> list[np.nd
 
 
 @torch.no_grad()
-def _sum_nats(module: nn.Module, windows: list[np.ndarray], batch_size: int) -> float:
-    total = 0.0
+def _token_nats(module: nn.Module, windows: list[np.ndarray], batch_size: int) -> np.ndarray:
+    """The loss of every predicted token, in token order."""
+    nats = []
     full = [w for w in windows if len(w) == len(windows[0])]
     rest = windows[len(full) :]  # at most one shorter tail window, run on its own
     batches = [full[i : i + batch_size] for i in range(0, len(full), batch_size)] + [[w] for w in rest]
     for batch in batches:
         rows = torch.from_numpy(np.stack(batch))
         logits = module(rows[:, :-1])
-        total += F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten(), reduction="sum").item()
-    return total
+        losses = F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten(), reduction="none")
+        nats.append(losses.numpy().astype(np.float64))
+    return np.concatenate(nats)
 
 
 def evaluate_split(module: nn.Module, split: ValSplit, cfg: EvalConfig) -> DomainResult:
     tokens = np.memmap(split.tokens_path, dtype=np.uint32, mode="r")
     if len(tokens) < 2:
         raise ValueError(f"{split.tokens_path} holds fewer than 2 tokens")
+    with np.load(split.index_path) as index:
+        doc_offsets, doc_bytes = index["doc_offsets"], index["doc_bytes"]
+    if doc_offsets[-1] != len(tokens):
+        raise ValueError(f"{split.index_path} does not describe {split.tokens_path}: re-materialize mixed")
     windows = _windows(tokens, cfg.seq_len, cfg.max_tokens_per_domain)
-    n_predicted = sum(len(w) - 1 for w in windows)
-    nats = _sum_nats(module, windows, cfg.batch_size)
-    # When only a prefix is evaluated, its byte count is prorated by the share of tokens evaluated.
-    n_bytes = split.n_bytes * n_predicted / (len(tokens) - 1)
-    return DomainResult(tokens=n_predicted, loss=nats / n_predicted, bits_per_byte=nats / (math.log(2) * n_bytes))
+    # When only a prefix is evaluated, a document cut by it counts the share of its bytes its tokens cover.
+    sums = document_sums(_token_nats(module, windows, cfg.batch_size), doc_offsets, doc_bytes)
+    nats, n_predicted, n_bytes = sums.nats.sum(), int(sums.tokens.sum()), sums.bytes.sum()
+    intervals = bootstrap_intervals(sums, cfg.bootstrap_samples, cfg.bootstrap_seed)
+    return DomainResult(tokens=n_predicted, loss=float(nats / n_predicted),
+                        bits_per_byte=float(nats / (math.log(2) * n_bytes)), documents=len(sums.nats),
+                        loss_ci95=intervals.loss, bits_per_byte_ci95=intervals.bits_per_byte)
 
 
 def evaluate_checkpoint(
@@ -110,5 +126,7 @@ def evaluate_checkpoint(
     """Mean token loss (nats) and bits-per-byte of the checkpoint's model (None: untrained) on each domain."""
     if cfg.seq_len > model.max_seq_len:
         raise ValueError(f"eval seq_len {cfg.seq_len} exceeds the model's max_seq_len {model.max_seq_len}")
+    if cfg.bootstrap_samples < 1:
+        raise ValueError(f"eval.bootstrap_samples must be >= 1, got {cfg.bootstrap_samples}")
     module = load_model(checkpoint_dir, model, vocab_size, seed)
     return {domain: evaluate_split(module, split, cfg) for domain, split in splits.items()}

@@ -20,10 +20,10 @@ EVAL_FILE = "eval.json"
 
 
 def validation_splits(mixed_dir: Path) -> dict[str, ValSplit]:
-    """The held-out shard of every domain of a ``mixed`` output that has one."""
+    """The held-out shard of every domain of a ``mixed`` output that has one, with its per-document index."""
     domains = json.loads((mixed_dir / "mixture.json").read_text())["domains"]
     return {
-        name: ValSplit(str(mixed_dir / "shards" / name / "val.bin"), split["val"]["bytes"])
+        name: ValSplit(str(mixed_dir / "shards" / name / "val.bin"), str(mixed_dir / "shards" / name / "val.index.npz"))
         for name, split in domains.items() if "val" in split
     }
 
@@ -63,11 +63,12 @@ class StepEval:
 
 
 def split_digest(split: ValSplit) -> str:
-    """The held-out tokens' identity: a result is reused only on the very same tokens."""
+    """The held-out split's identity (its tokens and document index): a result is reused only on the same."""
     digest = hashlib.sha256()
-    with open(split.tokens_path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    for path in (split.tokens_path, split.index_path):
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()[:16]
 
 

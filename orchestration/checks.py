@@ -27,9 +27,9 @@ from dagster import (
 from curation.invariants import (
     accounted_documents,
     every_document_accounted,
+    heldout_texts,
     round_trip,
     shares_within_tolerance,
-    validation_texts,
 )
 from orchestration.graph import Graph, Node
 from orchestration.lab import lab_for
@@ -66,8 +66,7 @@ def tokenizer_round_trips(context: AssetCheckExecutionContext, node: Node) -> As
     # A node's deps follow its stage's upstream list: the tokenizer's only one is `filtered`.
     tokenizer, filtered = latest_output(context, node, node.path), latest_output(context, node, node.deps[0])
     tokens = Tokenizer.from_file(str(tokenizer.path / "tokenizer.json"))
-    fraction = lab_for(node.arm.overrides).cfg.validation_fraction
-    return result(*round_trip(tokens, validation_texts(filtered.path / "kept", fraction)))
+    return result(*round_trip(tokens, heldout_texts(filtered.path)))
 
 
 def filtered_accounts_for_every_document(context: AssetCheckExecutionContext, node: Node) -> AssetCheckResult:

@@ -90,6 +90,8 @@ def compose_experiment(overrides: list[str] | tuple[str, ...] = ()) -> tuple[Exp
             message += f"\n{error.__cause__}"
         raise ConfigError(f"Invalid experiment config: {message}{_valid_keys_hint(message)}") from None
     assert isinstance(experiment, ExperimentConfig)
+    if experiment.validation_fraction is not None:
+        experiment.filter.heldout.fraction = experiment.validation_fraction
     if experiment.parent.mode not in INIT_MODES:
         raise ConfigError(f"parent.mode={experiment.parent.mode!r}; choose one of {', '.join(INIT_MODES)}")
     return experiment, composed

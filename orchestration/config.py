@@ -82,8 +82,9 @@ class AutomationConfig:
 @dataclass
 class ExperimentConfig:
     name: str = "demo"
-    # Share of documents held out for validation, by document hash; the tokenizer never sees them.
-    validation_fraction: float = 0.05
+    # Former name of filter.heldout.fraction, still read from older experiment files: when set, it sets that
+    # (held-out documents are configured under filter.heldout: fraction and per-domain minimums).
+    validation_fraction: float | None = None
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)

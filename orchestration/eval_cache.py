@@ -33,7 +33,7 @@ from orchestration.store import stable_json
 
 CACHE_DIR = "evalcache"
 # The modules whose code decides the numbers of one checkpoint on one item (not the plots or tables around them).
-NUMBER_MODULES = ("evaluation.perplexity", "training.model", "kernels")
+NUMBER_MODULES = ("evaluation.perplexity", "evaluation.bootstrap", "training.model", "kernels")
 
 
 def checkpoint_key(step_dir: Path | None, untrained: dict) -> str:

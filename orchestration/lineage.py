@@ -39,8 +39,7 @@ def _filter_slice(cfg: ExperimentConfig) -> dict:
     rules = asdict(cfg.filter)
     rules.pop("workers")  # speed only
     rules.pop("executor")  # where tasks run: speed only
-    # The validation split is the default eval text of decontamination and wins exact-dedup ties.
-    return {"filter": rules, "validation_fraction": cfg.validation_fraction}
+    return {"filter": rules}  # filter.heldout included: held-out documents are chosen before the filters
 
 
 _SIGNATURES: dict[str, str] = {}
@@ -60,27 +59,28 @@ STAGES: tuple[StageSpec, ...] = (
               "Documents read from the configured source, with domain, relative source path and size."),
     StageSpec("filtered", ("corpus",),
               ("curation.filters", "curation.code_filters", "curation.dedup", "curation.decontamination",
-               "curation.word_tokenizer", "curation.executors", "curation.documents"),
+               "curation.word_tokenizer", "curation.executors", "curation.documents", "curation.heldout"),
               _filter_slice,
               "Rule sets per domain, exact and MinHash near dedup with cluster sizes, n-gram decontamination; "
               "kept and rejected sets."),
     StageSpec("tokenizer", ("filtered",), ("curation.tokenizer", "curation.documents"),
-              lambda c: {"tokenizer": asdict(c.tokenizer), "validation_fraction": c.validation_fraction},
+              lambda c: {"tokenizer": asdict(c.tokenizer)},
               "Byte-level BPE trained on the training split (tokenizer.json)."),
     StageSpec("mixed", ("filtered", "tokenizer"),
-              ("curation.mixture", "curation.packing", "curation.ledger", "curation.tokenizer", "curation.documents"),
-              lambda c: {"mixture": asdict(c.mixture), "validation_fraction": c.validation_fraction},
+              ("curation.mixture", "curation.packing", "curation.ledger", "curation.tokenizer", "curation.documents",
+               "curation.heldout"),
+              lambda c: {"mixture": asdict(c.mixture)},
               "Token shards per domain and split, and the training stream mixed by weight."),
     StageSpec("checkpoint", ("tokenizer", "mixed"),
               ("training.train", "training.config", "training.model", "training.data", "training.checkpoint",
                "training.lr_schedulers", "training.schedules", "training.cpu_compat", "training.job",
-               "training.outputs", "kernels", "curation.packing", "evaluation.perplexity"),
+               "training.outputs", "kernels", "curation.packing", "evaluation.perplexity", "evaluation.bootstrap"),
               lambda c: {"model": asdict(c.model), "train": asdict(c.train)},
               "A TorchTitan training run (torchrun, FSDP) on the mixed stream; DCP checkpoints.", resumable=True,
               parent_stages=("checkpoint",)),
     StageSpec("eval", ("mixed", "checkpoint"),
-              ("evaluation.validation", "evaluation.perplexity", "evaluation.forgetting", "training.model",
-               "training.config", "kernels"),
+              ("evaluation.validation", "evaluation.perplexity", "evaluation.bootstrap", "evaluation.forgetting",
+               "training.model", "training.config", "training.outputs", "curation.packing", "kernels"),
               lambda c: {"eval": asdict(c.eval)},
               "Per-domain validation loss and bits-per-byte at every checkpoint, from where training started.",
               parent_stages=("checkpoint", "eval")),

@@ -148,8 +148,8 @@ def test_a_schedule_tick_rematerializes_only_the_stale_assets(lab: Path, monkeyp
 def test_a_failing_blocking_check_stops_the_assets_below_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A tokenizer change that folds case (a Lowercase normalizer) trains fine, but no longer round-trips text."""
 
-    def lowercasing_tokenizer(cfg, filtered_kept: Path, validation_fraction: float, out_dir: Path) -> dict:
-        stats = train_tokenizer(cfg, filtered_kept, validation_fraction, out_dir)
+    def lowercasing_tokenizer(cfg, filtered_kept: Path, out_dir: Path) -> dict:
+        stats = train_tokenizer(cfg, filtered_kept, out_dir)
         tokenizer = Tokenizer.from_file(str(out_dir / "tokenizer.json"))
         tokenizer.normalizer = normalizers.Lowercase()
         tokenizer.save(str(out_dir / "tokenizer.json"))

@@ -33,11 +33,11 @@ def test_round_trip_passes_for_byte_level_bpe_and_fails_with_a_normalizer() -> N
 
 
 def test_every_document_is_accounted_for() -> None:
-    stats = {"kept": 90, "rejected_by_rule": {"gopher": 6, "exact_dedup": 3},
-             "held_out_by_domain": {"docs": {"documents": 1}}}
-    assert accounted_documents(stats) == {"kept": 90, "rejected": 9, "held_out": 1}
+    stats = {"accounting": {"corpus": 100, "kept": 90, "rejected": 9, "quarantined": 0, "held_out": 1}}
+    assert accounted_documents(stats) == {"kept": 90, "rejected": 9, "quarantined": 0, "held_out": 1}
     assert every_document_accounted(100, accounted_documents(stats)) == (
-        True, {"corpus_documents": 100, "kept": 90, "rejected": 9, "held_out": 1, "unaccounted": 0})
+        True, {"corpus_documents": 100, "kept": 90, "rejected": 9, "quarantined": 0, "held_out": 1,
+               "unaccounted": 0})
     passed, numbers = every_document_accounted(101, accounted_documents(stats))
     assert not passed and numbers["unaccounted"] == 1
 

@@ -166,6 +166,14 @@ def test_a_domain_only_some_arms_evaluate_leaves_blank_cells(tmp_path: Path) -> 
     assert float(rows[1]["final val loss"]) < float(rows[0]["final val loss"])
 
 
+def test_bootstrap_intervals_get_their_own_column(tmp_path: Path) -> None:
+    arms = [make_arm(0.1, 0), make_arm(0.3, 0)]
+    arms[0].final["docs"]["bits_per_byte_ci95"] = (1.25, 1.5)  # as eval.json holds it (a list once read back)
+    rows = parse_table(build_comparison(arms, tmp_path, "intervals").table_markdown)
+    assert rows[0]["bpb docs 95% interval"] == "1.2500 to 1.5000" and rows[1]["bpb docs 95% interval"] == ""
+    assert "bpb web 95% interval" not in rows[0]  # no arm has one for web
+
+
 def test_several_swept_keys_are_categorical_settings(tmp_path: Path) -> None:
     arms = [make_arm(0.1, 0, **{"train.lr": 1e-3}), make_arm(0.1, 1, **{"train.lr": 3e-4}),
             make_arm(0.3, 0, **{"train.lr": 1e-3})]

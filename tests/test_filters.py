@@ -18,11 +18,14 @@ from curation.code_filters import (
     PythonSyntaxFilter,
     lint_score,
 )
-from curation.config import FilterConfig
+from curation.config import FilterConfig, HeldoutConfig
 from curation.decontamination import NGramDecontamination, build_index
 from curation.documents import DOCUMENTS_FILE, iter_document_files, make_document, read_documents, write_documents
 from curation.filters import build_filtered, rule_steps
 from curation.word_tokenizer import RegexWordTokenizer, word_tokenizer
+
+# These tests are about the filters: no document held out before them (tests/test_heldout.py tests that).
+NO_HELDOUT = HeldoutConfig(fraction=0, min_documents=0, min_tokens=0)
 
 
 def doc(text: str, domain: str = "python", doc_id: str = "x") -> Document:
@@ -88,12 +91,10 @@ def test_decontamination_drops_training_copies_of_eval_text() -> None:
     words = [f"{a}{b}{c}" for a in "bcdfgh" for b in "aeiou" for c in "klmnprst"]
     eval_text = " ".join(rng.choice(words) for _ in range(300))
     header = " ".join(eval_text.split()[:20])  # one shared header: 8 of many n-grams
-    step = NGramDecontamination(build_index([eval_text], 13), 13, 0.5, validation_fraction=0.0)
+    step = NGramDecontamination(build_index([eval_text], 13), 13, 0.5)
     assert step.filter(doc(eval_text[: len(eval_text) // 2] + " tail words", "docs")) == (False, "eval_ngram_overlap")
     assert step.filter(doc(header + " " + " ".join(rng.choice(words) for _ in range(200)), "docs")) is True
     assert step.filter(doc("too short to judge", "docs")) is True
-    validation = NGramDecontamination(build_index([eval_text], 13), 13, 0.5, validation_fraction=1.0)
-    assert validation.filter(doc(eval_text, "docs")) is True  # the eval documents themselves stay
 
 
 PROSE = (
@@ -154,7 +155,7 @@ def test_pipeline_routes_rules_dedups_with_cluster_sizes_and_keeps_rejects(tmp_p
     ]
     (tmp_path / "corpus").mkdir()
     write_documents(tmp_path / "corpus" / DOCUMENTS_FILE, documents)
-    cfg = FilterConfig()
+    cfg = FilterConfig(heldout=NO_HELDOUT)
     cfg.dedup.num_buckets = 4
     cfg.decontamination.eval_paths = [str(tmp_path / "eval.jsonl")]
     stats = build_filtered(cfg, tmp_path / "corpus", tmp_path / "out")
@@ -194,10 +195,10 @@ def test_same_input_gives_the_same_bytes(tmp_path: Path) -> None:
     first = content_hash(tmp_path / "corpus")
     write_documents(tmp_path / "corpus" / DOCUMENTS_FILE, documents)
     assert content_hash(tmp_path / "corpus") == first
-    cfg = FilterConfig()
+    cfg = FilterConfig()  # the held-out selection is part of what must be deterministic
     cfg.dedup.near = False  # the near-dedup path runs in the test above
     for run in ("a", "b"):
-        build_filtered(cfg, tmp_path / "corpus", tmp_path / run, validation_fraction=0.5)
+        build_filtered(cfg, tmp_path / "corpus", tmp_path / run)
     assert content_hash(tmp_path / "a") == content_hash(tmp_path / "b")
 
 
@@ -211,7 +212,7 @@ def test_cluster_counts_add_up_across_tasks(tmp_path: Path) -> None:
     write_documents(tmp_path / "corpus" / "documents-00001.jsonl.gz",
                     [make_document(licenses[0], "license", "b0"), make_document(licenses[1], "license", "b1"),
                      make_document(licenses[2], "license", "b2")])
-    cfg = FilterConfig()
+    cfg = FilterConfig(heldout=NO_HELDOUT)
     cfg.dedup.num_buckets = 4
     stats = build_filtered(cfg, tmp_path / "corpus", tmp_path / "out")
     kept, _ = kept_and_rejected(tmp_path / "out")

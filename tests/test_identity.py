@@ -209,7 +209,7 @@ def test_the_tokenizer_rebuilt_has_the_same_content_hash(tmp_path: Path) -> None
     (tmp_path / "kept").mkdir()
     write_documents(tmp_path / "kept" / DOCUMENTS_FILE, documents)
     for build in ("a", "b"):
-        train_tokenizer(TokenizerConfig(vocab_size=400), tmp_path / "kept", 0.1, tmp_path / build)
+        train_tokenizer(TokenizerConfig(vocab_size=400), tmp_path / "kept", tmp_path / build)
     assert content_hash(tmp_path / "a") == content_hash(tmp_path / "b")
 
 

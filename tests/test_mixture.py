@@ -62,10 +62,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     # the 2-point tolerance below in the smallest section (the cooldown's 136k tokens).
     build_corpus(CorpusConfig(domains=caps, max_doc_bytes=6_000), root / "corpus")
     build_filtered(FilterConfig(dedup=DedupConfig(near=False)), root / "corpus", root / "filtered")
-    train_tokenizer(TokenizerConfig(vocab_size=1024), root / "filtered" / "kept", 0.05, root / "tokenizer")
+    train_tokenizer(TokenizerConfig(vocab_size=1024), root / "filtered" / "kept", root / "tokenizer")
     out = root / "mixed"
     out.mkdir()
-    summary = build_mixture(phased_config(), root / "filtered" / "kept", root / "tokenizer", 0.05, out)
+    summary = build_mixture(phased_config(), root / "filtered", root / "tokenizer", out)
     return Built(root, out, summary)
 
 
@@ -158,4 +158,4 @@ def test_temperature_flattens_natural_shares() -> None:
 ])
 def test_bad_mixtures_name_the_fix(built: Built, tmp_path: Path, config: MixtureConfig, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        build_mixture(config, built.root / "filtered" / "kept", built.root / "tokenizer", 0.05, tmp_path)
+        build_mixture(config, built.root / "filtered", built.root / "tokenizer", tmp_path)

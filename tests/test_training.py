@@ -135,8 +135,11 @@ def test_evaluate_checkpoint_bits_per_byte(runs: Runs, corpus: Corpus) -> None:
     n_tokens = len(np.fromfile(corpus.val.tokens_path, dtype=np.uint32))
     assert result.tokens == n_tokens - 1
     assert math.isfinite(result.bits_per_byte) and result.bits_per_byte > 0
-    expected = result.loss * result.tokens / (math.log(2) * corpus.val.n_bytes)
+    with np.load(corpus.val.index_path) as index:
+        expected = result.loss * result.tokens / (math.log(2) * index["doc_bytes"].sum())
     assert result.bits_per_byte == pytest.approx(expected, rel=1e-9)
+    assert result.documents == 8
+    assert result.loss_ci95[0] < result.loss < result.loss_ci95[1]
     assert result.loss < 0.6 * math.log(corpus.vocab_size)  # the trained weights were loaded
 
     prefix = evaluate_checkpoint(

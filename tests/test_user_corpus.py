@@ -94,9 +94,8 @@ def test_no_weights_mix_by_token_counts(user_corpus: Path, tmp_path: Path) -> No
     build_corpus(cfg.corpus, tmp_path / "corpus")
     (tmp_path / "kept").mkdir()
     shutil.copy(tmp_path / "corpus" / DOCUMENTS_FILE, tmp_path / "kept")
-    train_tokenizer(TokenizerConfig(vocab_size=300), tmp_path / "kept", cfg.validation_fraction, tmp_path / "tok")
-    summary = build_mixture(cfg.mixture, tmp_path / "kept", tmp_path / "tok", cfg.validation_fraction,
-                            tmp_path / "mixed")
+    train_tokenizer(TokenizerConfig(vocab_size=300), tmp_path / "kept", tmp_path / "tok")
+    summary = build_mixture(cfg.mixture, tmp_path, tmp_path / "tok", tmp_path / "mixed")
     tokens = {domain: splits["train"]["tokens"] for domain, splits in summary["domains"].items()}
     assert set(tokens) == {"a", "b"}
     for domain, row in summary["ledger"]["phases"]["main"]["domains"].items():

@@ -47,8 +47,13 @@ def make_corpus(root: Path) -> Corpus:
         return path
 
     train_tokens = write_tokens(synthetic_text(3000, seed=0), "train.bin")
-    val_text = synthetic_text(200, seed=5)
-    val = ValSplit(str(write_tokens(val_text, "val.bin")), len(val_text.encode("utf-8")))
+    # Held-out documents as the mixed stage writes them: tokens one after another, and their index.
+    val_texts = [synthetic_text(25, seed=5 + i) for i in range(8)]
+    val_tokens = [np.asarray(tokenizer.encode(text).ids, dtype=np.uint32) for text in val_texts]
+    np.concatenate(val_tokens).tofile(root / "val.bin")
+    np.savez(root / "val.index.npz", doc_offsets=np.cumsum([0] + [len(t) for t in val_tokens]),
+             doc_bytes=np.array([len(text.encode("utf-8")) for text in val_texts]))
+    val = ValSplit(str(root / "val.bin"), str(root / "val.index.npz"))
     return Corpus(root, train_tokens, val, tokenizer.get_vocab_size())
 
 
