@@ -131,7 +131,8 @@ def test_a_schedule_tick_rematerializes_only_the_stale_assets(lab: Path, monkeyp
     with running_webserver(lab, daemon=True) as web:
         [location] = location_names(web.url)
         automation = start_schedule(web, location)
-        assert automation == {SCHEDULE_NAME: "RUNNING", EVAL_SENSOR_NAME: "RUNNING"}
+        assert automation == {SCHEDULE_NAME: "RUNNING", EVAL_SENSOR_NAME: "RUNNING",
+                              "live_evaluation_sensor": "RUNNING"}
         run = wait_for_scheduled_run(web)
     assert run.status == DagsterRunStatus.SUCCESS, run.status
     # Ticks while the run was in progress skipped: the assets were still stale, but already on their way.

@@ -232,8 +232,11 @@ def test_continual_pretraining_starts_from_the_parent(lab: Path) -> None:
     assert python["start_loss"] == child_eval["by_step"]["0"]["python"]["loss"]
     assert python["loss_by_step"]["20"] == child_eval["by_step"]["20"]["python"]["loss"]
     assert (eval_dir / "report" / "forgetting.png").is_file()
-    [row] = forgetting["transfer"]
+    # The chain's transfer matrix: the parent's row (tiny, from its untrained start to step 80), then the child's.
+    parent_row, row = forgetting["transfer"]
+    assert parent_row["stage"] == "tiny" and parent_row["change"]["python"] < 0
     assert row["trained"] == ["docs", "python"] and row["change"]["docs"] < 0  # docs was learned
+    assert (eval_dir / "report" / "transfer.png").is_file()
 
 
 def test_wsd_branch_continues_the_parent_run(lab: Path) -> None:
