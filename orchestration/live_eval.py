@@ -170,16 +170,16 @@ def live_evaluation():
     evaluate_saved_checkpoint()
 
 
+def checkpoint_assets(instance) -> list[AssetKey]:
+    """Every ``checkpoint`` asset the instance knows, also one of an experiment recorded after the definitions
+    were loaded: each report names its arm itself."""
+    return [key for key in instance.get_asset_keys() if key.path[-1] == "checkpoint"]
+
+
 def checkpoint_requests(instance, cursor: dict[str, int]) -> Iterator[RunRequest]:
     """A run request for each checkpoint reported after ``cursor`` (storage ids per checkpoint asset), in order;
-    ``cursor`` is advanced as they are read.
-
-    Every ``checkpoint`` asset the instance knows is read, also one of an experiment recorded after the
-    definitions were loaded: each report names its arm itself.
-    """
-    for key in instance.get_asset_keys():
-        if key.path[-1] != "checkpoint":
-            continue
+    ``cursor`` is advanced as they are read."""
+    for key in checkpoint_assets(instance):
         name = key.to_user_string()
         records = instance.fetch_observations(AssetRecordsFilter(asset_key=key, after_storage_id=cursor.get(name)),
                                               limit=1000, ascending=True).records
@@ -199,9 +199,24 @@ def checkpoint_requests(instance, cursor: dict[str, int]) -> Iterator[RunRequest
                       "lab/checkpoint_step": str(config.step)})
 
 
+def history(instance) -> dict[str, int]:
+    """A cursor past every report so far: where a sensor switched on for the first time starts."""
+    cursor = {}
+    for key in checkpoint_assets(instance):
+        latest = instance.fetch_observations(key, limit=1).records
+        if latest:
+            cursor[key.to_user_string()] = latest[0].storage_id
+    return cursor
+
+
 @sensor(job=live_evaluation, minimum_interval_seconds=SENSOR_INTERVAL_S, default_status=DefaultSensorStatus.RUNNING,
         description="Evaluates every checkpoint a training run saves, once, while it trains.")
 def live_evaluation_sensor(context: SensorEvaluationContext) -> Iterator[RunRequest]:
-    cursor: dict[str, int] = json.loads(context.cursor or "{}")
+    if context.cursor is None:
+        # First tick on this instance (`make ui` on a lab home with history): checkpoints reported before were
+        # evaluated by their arms' eval assets; evaluating them all again would only queue work.
+        context.update_cursor(json.dumps(history(context.instance), sort_keys=True))
+        return
+    cursor: dict[str, int] = json.loads(context.cursor)
     yield from checkpoint_requests(context.instance, cursor)
     context.update_cursor(json.dumps(cursor, sort_keys=True))

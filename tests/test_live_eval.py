@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dagster import AssetKey, AssetObservation, DagsterInstance
+from dagster import AssetKey, AssetObservation, DagsterInstance, build_sensor_context
 
 from orchestration.eval_cache import EvalCache, checkpoint_key
-from orchestration.live_eval import checkpoint_requests
+from orchestration.live_eval import checkpoint_requests, live_evaluation_sensor
 
 
 def report(instance: DagsterInstance, key: list[str], step: int, fingerprint: str = "abc") -> None:
@@ -62,3 +62,14 @@ def test_cache_entries_depend_on_the_eval_config_and_survive_a_new_process(tmp_p
     assert other.key("f00d/step-40", "validation:python", {"split": "1234"}) != key
     assert cache.key("f00d/step-40", "validation:python", {"split": "5678"}) != key
     assert not list(cache.root.rglob(".*.json.*")), "a scratch file was left behind"
+
+
+def test_a_sensor_switched_on_for_the_first_time_starts_after_the_history(tmp_path: Path) -> None:
+    with DagsterInstance.local_temp(str(tmp_path)) as instance:
+        report(instance, ["a", "checkpoint"], 0)  # a training that ended before the sensor was first on
+        first = build_sensor_context(instance=instance, cursor=None)
+        assert list(live_evaluation_sensor(first) or []) == []
+        report(instance, ["a", "checkpoint"], 10)
+        report(instance, ["c", "checkpoint"], 0, "new")  # a new experiment's training
+        later = build_sensor_context(instance=instance, cursor=first.cursor)
+        assert sorted(r.run_key for r in live_evaluation_sensor(later)) == ["abc@step-10", "new@step-0"]

@@ -62,6 +62,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     instance = DagsterInstance.get()
     log = home / "materialize.log"
     with running_daemon(home) as daemon:
+        # The sensor's first tick starts after the history; a training reported before it would be history too.
+        wait_for(lambda: daemon.log.is_file() and "Checking for new runs for sensor: live_evaluation_sensor"
+                 in daemon.log.read_text(errors="replace"), 600, "the sensor's first tick")
         training = lab(home, *ARM, log=log)
         wait_for(lambda: any(run.status == DagsterRunStatus.SUCCESS for run in live_runs(instance)), 600,
                  "a first live evaluation")
