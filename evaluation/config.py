@@ -8,10 +8,10 @@ class DownstreamConfig:
     """Multiple-choice tasks built from the lineage's held-out documents, run by lm-evaluation-harness."""
 
     enabled: bool = False
-    examples_per_task: int = 400  # at most; fewer when the held-out text has fewer candidates
+    examples_per_task: int = 300  # at most; fewer when the held-out text has fewer candidates
     min_examples: int = 50  # a task with fewer is skipped, with a warning that names it
     choices: int = 4  # the true answer and choices - 1 distractors: chance is 1 / choices
-    context_chars: int = 600  # text before the answer, at most (about 180 tokens of the demo's tokenizer)
+    context_chars: int = 300  # text before the answer, at most (about 90 tokens of the demo's tokenizer)
     python_domain: str = "python"  # the task "choose the line that parses" draws from this domain
     prose_domain: str = "docs"  # the cloze draws from this domain
     seed: int = 0  # which examples and distractors are drawn

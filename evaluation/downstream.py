@@ -5,7 +5,7 @@ task files of ``evaluation.downstream_tasks.build_tasks``. Nothing touches the n
 lines, the model a local folder, and the Hugging Face libraries are told to stay offline.
 
     python -m evaluation.downstream --mixed M --tokenizer T --run R --model conf/model/llama_cpu.yaml --out O \
-        [--eval-json E]
+        [--eval-json E] [--steps 0 300]
 
 evaluates the untrained model (step 0) and every checkpoint of the run R on the held-out documents of the
 ``mixed`` output M, and writes O/downstream.json and, given the run's eval.json, O/loss_vs_accuracy.png.
@@ -29,6 +29,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
+from tokenizers import Tokenizer  # noqa: E402
 
 from evaluation.config import DownstreamConfig  # noqa: E402
 from evaluation.downstream_tasks import MANIFEST, build_tasks, held_out_texts  # noqa: E402
@@ -107,12 +108,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="where the tasks and results go")
     parser.add_argument("--eval-json", type=Path, help="the run's eval.json (validation loss per step) for the plot")
     parser.add_argument("--seed", type=int, default=0, help="the training seed (the untrained model's weights)")
+    parser.add_argument("--steps", type=int, nargs="*", help="only these steps (0: the untrained model); default all")
     args = parser.parse_args()
     cfg = DownstreamConfig(enabled=True)
     model_cfg = ModelConfig(**yaml.safe_load(args.model.read_text()))
-    tasks_dir = build_tasks(held_out_texts(args.mixed, args.tokenizer), args.out / "tasks", cfg)
+    tokenizer = Tokenizer.from_file(str(args.tokenizer / "tokenizer.json"))
+    tasks_dir = build_tasks(held_out_texts(args.mixed, tokenizer), tokenizer, args.out / "tasks", cfg)
     by_step = {}
-    for step, checkpoint in {0: None, **list_checkpoints(args.run)}.items():
+    checkpoints = {0: None, **list_checkpoints(args.run)}
+    for step, checkpoint in checkpoints.items():
+        if args.steps and step not in args.steps:
+            continue
         by_step[step] = evaluate_downstream(checkpoint, model_cfg, args.tokenizer, tasks_dir, cfg, args.seed)
         scores = ", ".join(f"{t} {r['acc']:.3f}±{r['acc_stderr']:.3f}" for t, r in by_step[step].items())
         print(f"step {step}: {scores}", flush=True)

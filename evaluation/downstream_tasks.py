@@ -9,7 +9,7 @@ mapping domain -> texts. Three kinds of task, each example a context and ``choic
     lineage_prose_cloze         a word of a prose line with the rest of the line, against words of the same length
                                 from elsewhere in the domain
 
-Distractors come from the same text as the answers and are matched to their length, so a model that ignores the
+Distractors come from the same text as the answers and have as many tokens, so a model that ignores the
 context (an untrained one) sits at chance; a model that learned the context's continuation, Python's syntax or
 English word order does better. Every draw is seeded: the same texts and config write the same bytes.
 """
@@ -17,6 +17,7 @@ English word order does better. Every draw is seeded: the same texts and config 
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import logging
 import random
@@ -49,9 +50,8 @@ class Example:
     label: int  # index of the true choice
 
 
-def held_out_texts(mixed_dir: Path, tokenizer_dir: Path) -> dict[str, list[str]]:
+def held_out_texts(mixed_dir: Path, tokenizer: Tokenizer) -> dict[str, list[str]]:
     """The held-out documents of every domain of a ``mixed`` output, decoded (each val.bin document ends in EOS)."""
-    tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     eos = tokenizer.token_to_id(EOS)
     texts = {}
     for shard in sorted((mixed_dir / "shards").glob("*/val.bin")):
@@ -79,12 +79,23 @@ def _lines(text: str) -> list[tuple[int, str]]:
     return found
 
 
-def _nearest_in_length(answer: str, pool: list[str], n: int, rng: random.Random) -> list[str] | None:
-    """`n` distinct members of `pool` other than `answer`, drawn among the ones closest to its length."""
-    candidates = sorted({p for p in pool if p.strip() != answer.strip()}, key=lambda p: (abs(len(p) - len(answer)), p))
-    if len(candidates) < n:
+def _token_counter(tokenizer: Tokenizer) -> Callable[[str], int]:
+    @functools.cache
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text).ids)
+
+    return count
+
+
+def _distinct_draws(answer: str, pool: list[str], n: int, rng: random.Random) -> list[str] | None:
+    """`n` distinct members of `pool` other than `answer`, drawn by occurrence; None if there are too few."""
+    others = [p for p in pool if p.strip().lower() != answer.strip().lower()]
+    if len(set(others)) < n:
         return None
-    return rng.sample(candidates[: max(n, 4 * n)], n)
+    drawn: set[str] = set()
+    while len(drawn) < n:
+        drawn.add(rng.choice(others))
+    return sorted(drawn)
 
 
 def _example(rng: random.Random, context: str, answer: str, distractors: list[str]) -> Example:
@@ -94,14 +105,18 @@ def _example(rng: random.Random, context: str, answer: str, distractors: list[st
     return Example(context, choices, choices.index(answer))
 
 
-def next_line_examples(documents: list[str], cfg: DownstreamConfig, rng: random.Random) -> list[Example]:
-    """The true next line against lines of the domain's other documents of about its length."""
+def next_line_examples(documents: list[str], cfg: DownstreamConfig, rng: random.Random,
+                       count: Callable[[str], int]) -> list[Example]:
+    """The true next line against lines of the domain's other documents of as many tokens."""
     lines = [_lines(text) for text in documents]
     examples = []
     for index, (text, own) in enumerate(zip(documents, lines, strict=True)):
-        others = [line for j, doc_lines in enumerate(lines) if j != index for _, line in doc_lines]
+        others: dict[int, list[str]] = {}
+        for j, doc_lines in enumerate(lines):
+            for _, line in doc_lines if j != index else []:
+                others.setdefault(count(line), []).append(line)
         for offset, line in own:
-            distractors = _nearest_in_length(line, others, cfg.choices - 1, rng)
+            distractors = _distinct_draws(line, others.get(count(line), []), cfg.choices - 1, rng)
             if distractors:
                 examples.append(_example(rng, _context(text, offset, cfg.context_chars), line, distractors))
     return examples
@@ -121,8 +136,9 @@ def _parses(line: str) -> bool:
     return False
 
 
-def _broken_shuffles(line: str, n: int, rng: random.Random) -> list[str] | None:
-    """`n` distinct lines with the pieces of `line` in another order, none of which parses; the spacing is kept."""
+def _broken_shuffles(line: str, n: int, rng: random.Random, count: Callable[[str], int]) -> list[str] | None:
+    """`n` distinct lines with the pieces of `line` in another order and as many tokens, none of which parses;
+    the spacing is kept."""
     indent = line[: len(line) - len(line.lstrip())]
     parts = re.split(f"({PIECE.pattern})", line.strip())  # text between pieces (spaces) at even places
     pieces = parts[1::2]
@@ -131,54 +147,54 @@ def _broken_shuffles(line: str, n: int, rng: random.Random) -> list[str] | None:
         order = rng.sample(pieces, len(pieces))
         parts[1::2] = order
         variant = indent + "".join(parts)
-        if variant != line and not _parses(variant):
+        if variant != line and count(variant) == count(line) and not _parses(variant):
             variants.add(variant)
         if len(variants) == n:
             return sorted(variants)
     return None
 
 
-def python_examples(documents: list[str], cfg: DownstreamConfig, rng: random.Random) -> list[Example]:
+def python_examples(documents: list[str], cfg: DownstreamConfig, rng: random.Random,
+                    count: Callable[[str], int]) -> list[Example]:
     """A line that parses against shuffles of its pieces that do not."""
     examples = []
     for text in documents:
         for offset, line in _lines(text):
             if len(PIECE.findall(line)) < 4 or not _parses(line):
                 continue
-            distractors = _broken_shuffles(line, cfg.choices - 1, rng)
+            distractors = _broken_shuffles(line, cfg.choices - 1, rng, count)
             if distractors:
                 examples.append(_example(rng, _context(text, offset, cfg.context_chars), line, distractors))
     return examples
 
 
-def cloze_examples(documents: list[str], cfg: DownstreamConfig, rng: random.Random) -> list[Example]:
-    """A word of a prose line and the rest of the line, against other words of the domain of the same length.
+def cloze_examples(documents: list[str], cfg: DownstreamConfig, rng: random.Random,
+                   count: Callable[[str], int]) -> list[Example]:
+    """A word of a prose line and the rest of the line, against other words of the domain of as many tokens.
 
     Distractors are drawn by occurrence (a frequent word as often as it occurs), as the answers are, so knowing
     only which words are common does not help.
     """
     occurrences = [(text, match) for text in documents for match in WORD.finditer(text)]
-    by_length: dict[int, list[str]] = {}
+    by_tokens: dict[int, list[str]] = {}
     for _, match in occurrences:
-        by_length.setdefault(len(match.group()), []).append(match.group())
+        by_tokens.setdefault(count(match.group()), []).append(match.group())
     examples = []
     for text, match in occurrences:
         line_end = text.find("\n", match.end())
         rest = text[match.end() : line_end if line_end != -1 else len(text)]
         word = match.group()  # with its leading space
-        pool = [w for w in by_length[len(word)] if w.lower() != word.lower()]
-        if len(set(pool)) < cfg.choices - 1:
+        distractors = _distinct_draws(word, by_tokens[count(word)], cfg.choices - 1, rng)
+        if not distractors:
             continue
-        distractors: set[str] = set()
-        while len(distractors) < cfg.choices - 1:
-            distractors.add(rng.choice(pool))
         context = _context(text, match.start(), cfg.context_chars)
-        examples.append(_example(rng, context, word + rest, [w + rest for w in sorted(distractors)]))
+        examples.append(_example(rng, context, word + rest, [w + rest for w in distractors]))
     return examples
 
 
-def task_examples(texts: dict[str, list[str]], cfg: DownstreamConfig) -> dict[str, list[Example]]:
+def task_examples(texts: dict[str, list[str]], cfg: DownstreamConfig, tokenizer: Tokenizer) -> dict[str, list[Example]]:
     """Every task's examples, at most cfg.examples_per_task each, drawn with a seed of its own."""
+    count = _token_counter(tokenizer)
     makers: dict[str, tuple[Callable, list[str]]] = {
         f"lineage_next_line_{domain}": (next_line_examples, documents) for domain, documents in texts.items()
     }
@@ -191,24 +207,25 @@ def task_examples(texts: dict[str, list[str]], cfg: DownstreamConfig) -> dict[st
     tasks = {}
     for task, (maker, documents) in sorted(makers.items()):
         rng = random.Random(f"{cfg.seed}:{task}")
-        examples = maker(documents, cfg, rng)
+        examples = maker(documents, cfg, rng, count)
         rng.shuffle(examples)
         tasks[task] = examples[: cfg.examples_per_task]
     return tasks
 
 
-def build_tasks(texts: dict[str, list[str]], out_dir: Path, cfg: DownstreamConfig) -> Path:
+def build_tasks(texts: dict[str, list[str]], tokenizer: Tokenizer, out_dir: Path, cfg: DownstreamConfig) -> Path:
     """Write the tasks to `out_dir`: per task `<task>.yaml` (lm-eval's task config) and `<task>.jsonl`, and
     ``tasks.json`` (per task: examples and chance; the tasks skipped, and why). Returns `out_dir`.
 
-    A task with fewer than cfg.min_examples examples is skipped with a warning that names it.
+    The tokenizer is the model's: a distractor has as many tokens as its answer, so that the summed log-likelihood
+    has no length to go by. A task with fewer than cfg.min_examples examples is skipped with a warning naming it.
     """
     if cfg.choices < 2:
         raise ValueError(f"eval.downstream.choices is {cfg.choices}: a multiple choice needs at least 2")
     out_dir.mkdir(parents=True, exist_ok=True)
     template = yaml.safe_load(TEMPLATE.read_text())
     manifest: dict[str, dict] = {"tasks": {}, "skipped": {}}
-    for task, examples in task_examples(texts, cfg).items():
+    for task, examples in task_examples(texts, cfg, tokenizer).items():
         if len(examples) < cfg.min_examples:
             reason = f"{len(examples)} examples, fewer than eval.downstream.min_examples={cfg.min_examples}"
             log.warning("downstream task %s skipped: %s", task, reason)

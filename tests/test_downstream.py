@@ -43,7 +43,7 @@ def texts() -> dict[str, list[str]]:
             "lonely": [prose(rng)]}  # one document: no other document to draw next-line distractors from
 
 
-def write_tokenizer(folder: Path) -> None:
+def write_tokenizer(folder: Path) -> Tokenizer:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -53,12 +53,14 @@ def write_tokenizer(folder: Path) -> None:
     tokenizer.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(
         json.dumps({"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "add_bos_token": False}))
+    return tokenizer
 
 
 def test_tasks_are_deterministic_and_well_formed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tokenizer = write_tokenizer(tmp_path)
     with caplog.at_level(logging.WARNING):
-        first = build_tasks(texts(), tmp_path / "a", CFG)
-    build_tasks(texts(), tmp_path / "b", CFG)
+        first = build_tasks(texts(), tokenizer, tmp_path / "a", CFG)
+    build_tasks(texts(), tokenizer, tmp_path / "b", CFG)
     assert sorted(p.name for p in first.iterdir()) == sorted(p.name for p in (tmp_path / "b").iterdir())
     for path in first.iterdir():
         assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes(), path.name
@@ -88,7 +90,7 @@ def test_tasks_are_deterministic_and_well_formed(tmp_path: Path, caplog: pytest.
 def test_task_files_load_in_lm_eval_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lm_eval.tasks import TaskManager
 
-    tasks_dir = build_tasks(texts(), tmp_path / "tasks", CFG)
+    tasks_dir = build_tasks(texts(), write_tokenizer(tmp_path), tmp_path / "tasks", CFG)
     monkeypatch.chdir(tasks_dir)  # the YAMLs name their data relative to their folder, as lm-eval's CLI run there
     manager = TaskManager(include_path=str(tasks_dir), include_defaults=False)
     assert "lineage_prose_cloze" in manager.all_tasks
@@ -120,8 +122,7 @@ def test_untrained_model_scores_chance_and_a_giveaway_is_caught(tmp_path: Path) 
     from evaluation.downstream import evaluate_downstream, task_results
     from training.export import export_hf
 
-    write_tokenizer(tmp_path)
-    tasks_dir = build_tasks(texts(), tmp_path / "tasks", CFG)
+    tasks_dir = build_tasks(texts(), write_tokenizer(tmp_path), tmp_path / "tasks", CFG)
     giveaway = add_giveaway_task(tasks_dir)
     results = evaluate_downstream(None, MODEL, tmp_path, tasks_dir, CFG, seed=3)
     assert set(results) == set(json.loads((tasks_dir / MANIFEST).read_text())["tasks"])
