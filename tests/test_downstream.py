@@ -21,7 +21,7 @@ WORDS = ("the model reads every line of text and learns which word comes next wh
          "over many small steps until the curve flattens near its floor").split()
 NAMES = ["total", "count", "value", "index", "result", "buffer", "offset", "limit"]
 MODEL = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=32, max_seq_len=256)
-CFG = DownstreamConfig(examples_per_task=120, min_examples=20, context_chars=200, batch_size=16)
+CFG = DownstreamConfig(examples_per_task=100, min_examples=20, context_chars=200, batch_size=16)
 
 
 def prose(rng: random.Random) -> str:
@@ -128,11 +128,10 @@ def test_untrained_model_scores_chance_and_a_giveaway_is_caught(tmp_path: Path) 
     assert set(results) == set(json.loads((tasks_dir / MANIFEST).read_text())["tasks"])
     for task, r in results.items():
         assert r["n"] == (60 if task == giveaway else CFG.examples_per_task) and r["chance"] == 0.25
-        distance = (r["acc"] - r["chance"]) / r["acc_stderr"]
         if task == giveaway:
-            assert distance > 3, r  # the check below would notice a task with a giveaway
+            assert r["acc"] - r["chance"] > 3 * r["acc_stderr"], r  # the check below notices a task with a giveaway
         else:
-            assert abs(distance) < 2, (task, r)
+            assert abs(r["acc"] - r["chance"]) < 2 * r["acc_stderr"], (task, r)
 
     # The same weights from a DCP checkpoint give the same numbers (the path the eval asset takes).
     from evaluation.perplexity import load_model
