@@ -80,15 +80,16 @@ def evaluate_downstream(checkpoint_dir: Path | None, model_cfg: ModelConfig, tok
 
 def plot_loss_vs_accuracy(points: dict[int, tuple[float, dict[str, dict]]], path: Path, title: str) -> Path:
     """Task accuracy (with one-standard-error bars) against validation loss, one line per task across checkpoints:
-    `points` maps each step to (validation loss, task results). Dotted lines mark chance."""
+    `points` maps each step to (validation loss, task results). Dotted grey lines mark chance."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     steps = sorted(points)
     tasks = sorted(points[steps[0]][1]) if steps else []
     for task in tasks:
         losses = [points[s][0] for s in steps]
-        line = ax.errorbar(losses, [points[s][1][task]["acc"] for s in steps], marker="o", capsize=3,
-                           yerr=[points[s][1][task]["acc_stderr"] for s in steps], label=task.removeprefix("lineage_"))
-        ax.axhline(points[steps[0]][1][task]["chance"], color=line[0].get_color(), linestyle=":", linewidth=1)
+        ax.errorbar(losses, [points[s][1][task]["acc"] for s in steps], marker="o", capsize=3,
+                    yerr=[points[s][1][task]["acc_stderr"] for s in steps], label=task.removeprefix("lineage_"))
+    for chance in sorted({points[steps[0]][1][task]["chance"] for task in tasks}):
+        ax.axhline(chance, color="grey", linestyle=":", linewidth=1)
     ax.invert_xaxis()  # training lowers the loss: later checkpoints to the right
     ax.set(xlabel="validation loss (nats/token, mean over domains)", ylabel="accuracy", title=title)
     ax.grid(alpha=0.3)
