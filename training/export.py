@@ -51,15 +51,19 @@ def hf_config(cfg: ModelConfig, tokenizer: Tokenizer, bos: str | None, eos: str 
 
 
 def export_hf(
-    checkpoint_dir: str | Path, tokenizer_dir: str | Path, model_cfg: ModelConfig, out_dir: str | Path
+    checkpoint_dir: str | Path | None, tokenizer_dir: str | Path, model_cfg: ModelConfig, out_dir: str | Path,
+    seed: int = 0,
 ) -> Path:
-    """Write the Hugging Face folder for the checkpoint at `checkpoint_dir` (a `step-N` DCP folder) to `out_dir`."""
-    checkpoint_dir, tokenizer_dir, out_dir = Path(checkpoint_dir), Path(tokenizer_dir), Path(out_dir)
-    if not (checkpoint_dir / ".metadata").is_file():
+    """Write the Hugging Face folder for the checkpoint at `checkpoint_dir` (a `step-N` DCP folder) to `out_dir`.
+
+    With no checkpoint, the untrained model: the initialization of training seed `seed` (as `load_model` makes it).
+    """
+    tokenizer_dir, out_dir = Path(tokenizer_dir), Path(out_dir)
+    if checkpoint_dir is not None and not Path(checkpoint_dir, ".metadata").is_file():
         raise FileNotFoundError(f"{checkpoint_dir} is no complete DCP checkpoint (no .metadata): pass a step-N folder")
     tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     vocab_size = tokenizer.get_vocab_size()
-    model = load_model(checkpoint_dir, model_cfg, vocab_size)
+    model = load_model(None if checkpoint_dir is None else Path(checkpoint_dir), model_cfg, vocab_size, seed)
     # The fused wqkv is saved as torchtitan's stock wq/wk/wv (a state_dict hook), which the adapter maps.
     adapter = Llama3StateDictAdapter(llama3_model_config(model_cfg, vocab_size, attention="sdpa"), None)
     hf_state = {key: value.detach().contiguous() for key, value in adapter.to_hf(model.state_dict()).items()}
