@@ -8,6 +8,7 @@ import json
 
 from dagster import MetadataValue
 
+from evaluation.downstream import plot_loss_vs_accuracy
 from evaluation.forgetting import (
     FORGETTING_FILE,
     Stage,
@@ -23,10 +24,12 @@ from evaluation.forgetting_plots import plot_forgetting, plot_transfer
 from evaluation.plots import plot_curves
 from evaluation.validation import EVAL_FILE, StepEval, curve_checkpoints, evaluate_run, validation_splits
 from orchestration.config import load_experiment
-from orchestration.eval_cache import named_checkpoints
-from orchestration.live_eval import arm_cache, describe_step, untrained_identity
+from orchestration.eval_cache import EvalCache, named_checkpoints
+from orchestration.live_eval import describe_step, downstream_tasks, untrained_identity
 from orchestration.resources import StageResult, StageRun, inline_plots
 from orchestration.store import REPORT_DIR
+
+TASKS_DIR = "downstream_tasks"  # the tasks built from the held-out documents (lm-eval configs and examples)
 
 
 def build(run: StageRun) -> StageResult:
@@ -42,9 +45,10 @@ def build(run: StageRun) -> StageResult:
         curve_checkpoints(run.upstream["checkpoint"], run.upstream.get("parent"), run.parent_step,
                           run.cfg.parent.mode),
         untrained_identity(run.cfg, vocab_size))
-    cache = arm_cache(run.store, run.cfg, f"dagster run {run.context.run.run_id}", run.context.log.info)
+    cache = EvalCache(run.store.root, f"dagster run {run.context.run.run_id}", run.context.log.info)
+    tasks = downstream_tasks(run.cfg, run.upstream["mixed"], run.upstream["tokenizer"], run.output / TASKS_DIR)
     evaluated = evaluate_run(checkpoints, run.cfg.model, vocab_size, validation_splits(run.upstream["mixed"]),
-                             run.cfg.eval, run.cfg.train.seed, run.output, cache, log_step)
+                             run.cfg.eval, run.cfg.train.seed, run.output, cache, log_step, tasks)
     run.context.log.info(
         f"eval: {len(checkpoints) - len(computed)} of {len(checkpoints)} checkpoints came from the evaluation cache "
         f"(live evaluation or an earlier eval); computed now: {', '.join(map(str, computed)) or 'none'}")
@@ -66,9 +70,36 @@ def build(run: StageRun) -> StageResult:
     numbers.update({f"loss/{d}": r["loss"] for d, r in stats.items()})
     result = StageResult(stats, {"per_domain": MetadataValue.md(table), "plot": inline_plots([run.output / plot]),
                                  **numbers}, artifacts=[EVAL_FILE, plot])
+    if tasks is not None:
+        add_downstream(run, evaluated, result)
     if "parent" in run.upstream:
         add_forgetting(run, curve, result)
     return result
+
+
+def add_downstream(run: StageRun, evaluated: dict, result: StageResult) -> None:
+    """Task accuracy at every checkpoint: a table of the last one, the plot against validation loss, and the
+    whole curve in the eval's MLflow run."""
+    by_step, curve = evaluated["downstream"], evaluated["by_step"]
+    final = by_step[max(by_step)]
+    result.stats["downstream"] = final
+    rows = [f"| {t} | {r['n']} | {r['acc']:.3f} | {r['acc_stderr']:.3f} | {r['chance']:.3f} | "
+            f"{(r['acc'] - r['chance']) / max(r['acc_stderr'], 1e-9):+.1f} |" for t, r in final.items()]
+    result.metadata["downstream"] = MetadataValue.md(
+        "| task | examples | accuracy | standard error | chance | (accuracy - chance) / SE |\n"
+        "|---|---:|---:|---:|---:|---:|\n" + "\n".join(rows))
+    result.metadata.update({f"downstream/{t}/acc": r["acc"] for t, r in final.items()})
+    mean_loss = {s: sum(d["loss"] for d in curve[s].values()) / len(curve[s]) for s in curve}
+    plot = f"{REPORT_DIR}/loss_vs_accuracy.png"
+    plot_loss_vs_accuracy({s: (mean_loss[s], by_step[s]) for s in by_step}, run.output / plot,
+                          f"{run.cfg.name}: downstream accuracy against validation loss")
+    result.metadata["downstream_plot"] = inline_plots([run.output / plot])
+    result.artifacts.append(plot)
+    for step, scores in by_step.items():
+        metrics = {"val_loss/mean": mean_loss[step]}
+        metrics.update({f"downstream/{t}/acc": r["acc"] for t, r in scores.items()})
+        metrics.update({f"downstream/{t}/acc_stderr": r["acc_stderr"] for t, r in scores.items()})
+        result.step_metrics[step] = metrics
 
 
 def add_forgetting(run: StageRun, curve: dict, result: StageResult) -> None:

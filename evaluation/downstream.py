@@ -39,14 +39,16 @@ from training.config import ModelConfig  # noqa: E402
 RESULTS_FILE = "downstream.json"
 
 
-def task_results(hf_dir: Path, tasks_dir: Path, cfg: DownstreamConfig, seed: int = 0) -> dict[str, dict]:
-    """Accuracy of the Hugging Face model in `hf_dir` on every task of `tasks_dir`:
+def task_results(hf_dir: Path, tasks_dir: Path, cfg: DownstreamConfig, seed: int = 0,
+                 only: list[str] | None = None) -> dict[str, dict]:
+    """Accuracy of the Hugging Face model in `hf_dir` on every task of `tasks_dir` (or those in `only`):
     task -> {"acc", "acc_stderr", "n", "chance"}."""
     from lm_eval import simple_evaluate  # heavy imports, only when evaluating
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    tasks = json.loads((tasks_dir / MANIFEST).read_text())["tasks"]
+    tasks = {t: info for t, info in json.loads((tasks_dir / MANIFEST).read_text())["tasks"].items()
+             if only is None or t in only}
     if not tasks:
         raise ValueError(f"{tasks_dir} holds no task (see the skipped ones in its {MANIFEST})")
     model = HFLM(pretrained=str(hf_dir), device="cpu", batch_size=cfg.batch_size, dtype="float32")
@@ -68,14 +70,14 @@ def task_results(hf_dir: Path, tasks_dir: Path, cfg: DownstreamConfig, seed: int
 
 
 def evaluate_downstream(checkpoint_dir: Path | None, model_cfg: ModelConfig, tokenizer_dir: Path, tasks_dir: Path,
-                        cfg: DownstreamConfig, seed: int = 0) -> dict[str, dict]:
+                        cfg: DownstreamConfig, seed: int = 0, only: list[str] | None = None) -> dict[str, dict]:
     """Export the checkpoint (None: the untrained model of training seed `seed`) to a scratch Hugging Face folder
     and run the tasks of `tasks_dir` on it: task -> {"acc", "acc_stderr", "n", "chance"}."""
     from training.export import export_hf  # torchtitan: imported only when evaluating
 
     with tempfile.TemporaryDirectory() as scratch:
         hf_dir = export_hf(checkpoint_dir, tokenizer_dir, model_cfg, Path(scratch) / "hf", seed)
-        return task_results(hf_dir, tasks_dir, cfg, seed)
+        return task_results(hf_dir, tasks_dir, cfg, seed, only)
 
 
 def plot_loss_vs_accuracy(points: dict[int, tuple[float, dict[str, dict]]], path: Path, title: str) -> Path:

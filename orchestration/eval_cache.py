@@ -10,7 +10,8 @@ A checkpoint is named by the training output's fingerprint and its step (``<fing
 fingerprint already names everything that decides a checkpoint's bytes (config, upstream data, code), as it does
 for the store, and costs nothing to compute, where hashing the files would read every checkpoint in full. The
 untrained starting point is named by the model config, vocabulary and seed. An entry's key adds the item (a
-domain's held-out split, by the digest of its tokens), the eval config and the code that computes the numbers.
+domain, or a downstream task), its inputs (the held-out split's digest and the validation config; the task's files
+and the downstream config) and the code that computes the numbers.
 
 Layout: ``<store>/evalcache/<key[:2]>/<key>.json``, each written by an atomic rename; ``.lease-<checkpoint>``
 files let one process at a time evaluate a checkpoint (see orchestration.leases), so that two runs that want the
@@ -33,7 +34,8 @@ from orchestration.store import stable_json
 
 CACHE_DIR = "evalcache"
 # The modules whose code decides the numbers of one checkpoint on one item (not the plots or tables around them).
-NUMBER_MODULES = ("evaluation.perplexity", "evaluation.bootstrap", "training.model", "kernels")
+NUMBER_MODULES = ("evaluation.perplexity", "evaluation.bootstrap", "evaluation.downstream", "training.model",
+                  "training.export", "kernels")
 
 
 def checkpoint_key(step_dir: Path | None, untrained: dict) -> str:
@@ -48,15 +50,14 @@ def checkpoint_key(step_dir: Path | None, untrained: dict) -> str:
 class EvalCache:
     """Results of (checkpoint, item) evaluations under ``<store>/evalcache``; see the module docstring."""
 
-    def __init__(self, store_root: Path, eval_config: dict, holder: str,
-                 on_wait: Callable[[str], None] | None = None):
+    def __init__(self, store_root: Path, holder: str, on_wait: Callable[[str], None] | None = None):
         self.root = store_root / CACHE_DIR
         self.holder, self.on_wait = holder, on_wait  # who evaluates (a Dagster run, for people), and their log
-        # What every entry depends on besides its checkpoint and item: the eval config and the number code.
-        self.context = {"eval": eval_config, "code": combined_version(module_digests(NUMBER_MODULES))}
+        # What every entry depends on besides its checkpoint, item and inputs: the code that computes numbers.
+        self.code = combined_version(module_digests(NUMBER_MODULES))
 
     def key(self, checkpoint: str, item: str, inputs: dict) -> str:
-        payload = stable_json({"checkpoint": checkpoint, "item": item, "inputs": inputs, **self.context})
+        payload = stable_json({"checkpoint": checkpoint, "item": item, "inputs": inputs, "code": self.code})
         return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
     def _path(self, key: str) -> Path:

@@ -78,11 +78,14 @@ STAGES: tuple[StageSpec, ...] = (
               lambda c: {"model": asdict(c.model), "train": asdict(c.train)},
               "A TorchTitan training run (torchrun, FSDP) on the mixed stream; DCP checkpoints.", resumable=True,
               parent_stages=("checkpoint",)),
-    StageSpec("eval", ("mixed", "checkpoint"),
+    StageSpec("eval", ("tokenizer", "mixed", "checkpoint"),
               ("evaluation.validation", "evaluation.perplexity", "evaluation.bootstrap", "evaluation.forgetting",
-               "training.model", "training.config", "training.outputs", "curation.packing", "kernels"),
+               "evaluation.downstream", "evaluation.downstream_tasks", "training.export", "training.model",
+               "training.config", "training.outputs", "curation.packing", "curation.tokenizer", "curation.documents",
+               "kernels"),
               lambda c: {"eval": asdict(c.eval)},
-              "Per-domain validation loss and bits-per-byte at every checkpoint, from where training started.",
+              "Per-domain validation loss and bits-per-byte with bootstrap intervals at every checkpoint, from where "
+              "training started; downstream tasks (eval.downstream); forgetting for a child.",
               parent_stages=("checkpoint", "eval")),
 )
 STAGE_BY_NAME = {spec.name: spec for spec in STAGES}

@@ -17,6 +17,7 @@ Three parts, each small:
 """
 
 import json
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,9 +39,12 @@ from dagster import (
     sensor,
 )
 
+from curation.tokenizer import load_tokenizer
+from evaluation.downstream_tasks import build_tasks, held_out_texts
 from evaluation.validation import (
     Checkpoint,
     StepEval,
+    Tasks,
     curve_checkpoints,
     evaluate_step,
     split_digest,
@@ -62,8 +66,13 @@ def untrained_identity(cfg: ExperimentConfig, vocab_size: int) -> dict:
     return {"model": asdict(cfg.model), "vocab_size": vocab_size, "seed": cfg.train.seed}
 
 
-def arm_cache(store: Store, cfg: ExperimentConfig, holder: str, on_wait: Callable[[str], None]) -> EvalCache:
-    return EvalCache(store.root, asdict(cfg.eval), holder, on_wait)
+def downstream_tasks(cfg: ExperimentConfig, mixed_dir: Path, tokenizer_dir: Path, folder: Path) -> Tasks | None:
+    """The arm's downstream tasks built into ``folder`` from its held-out documents; None unless enabled."""
+    if not cfg.eval.downstream.enabled:
+        return None
+    tokenizer = load_tokenizer(tokenizer_dir)
+    build_tasks(held_out_texts(mixed_dir, tokenizer), tokenizer, folder, cfg.eval.downstream)
+    return Tasks(folder, tokenizer_dir, cfg.eval.downstream)
 
 
 @contextmanager
@@ -114,27 +123,29 @@ def evaluate_saved_checkpoint(context: OpExecutionContext, config: LiveEvalConfi
     if item.upstream is None:
         raise RuntimeError(f"{config.experiment}/{config.arm}: the checkpoint's inputs are gone ({item.reason})")
     vocab_size = item.upstream["tokenizer"].stats["vocab_size"]
-    splits = validation_splits(lab.store.path("mixed", item.upstream["mixed"].fingerprint))
-    cache = arm_cache(lab.store, lab.cfg, f"dagster run {context.run.run_id}", context.log.info)
+    mixed_dir = lab.store.path("mixed", item.upstream["mixed"].fingerprint)
+    tokenizer_dir = lab.store.path("tokenizer", item.upstream["tokenizer"].fingerprint)
+    splits = validation_splits(mixed_dir)
+    cache = EvalCache(lab.store.root, f"dagster run {context.run.run_id}", context.log.info)
     evaluated = None
-    for _attempt in range(2):  # the training may commit (rename) its folder while this run reads it
-        checkpoint = locate_checkpoint(lab.store, lab.cfg, item, config.fingerprint, config.step, vocab_size)
-        try:
-            evaluated = evaluate_step(checkpoint, lab.cfg.model, vocab_size, splits,
-                                      {d: split_digest(s) for d, s in splits.items()}, lab.cfg.eval,
-                                      lab.cfg.train.seed, cache)
-            break
-        except FileNotFoundError:
-            context.log.info(f"{checkpoint.path} moved while it was read; looking for it again")
+    with tempfile.TemporaryDirectory() as scratch:
+        tasks = downstream_tasks(lab.cfg, mixed_dir, tokenizer_dir, Path(scratch))
+        for _attempt in range(2):  # the training may commit (rename) its folder while this run reads it
+            checkpoint = locate_checkpoint(lab.store, lab.cfg, item, config.fingerprint, config.step, vocab_size)
+            try:
+                evaluated = evaluate_step(checkpoint, lab.cfg.model, vocab_size, splits,
+                                          {d: split_digest(s) for d, s in splits.items()}, lab.cfg.eval,
+                                          lab.cfg.train.seed, cache, tasks)
+                break
+            except FileNotFoundError:
+                context.log.info(f"{checkpoint.path} moved while it was read; looking for it again")
     if evaluated is None:
         raise FileNotFoundError(f"checkpoint step {config.step} of {config.fingerprint} moved twice while read")
     context.log.info(describe_step(config.step, evaluated))
     if config.mlflow_run_id:
-        metrics = {f"val_loss/{d}": r["loss"] for d, r in evaluated.results.items()}
-        metrics.update({f"val_bits_per_byte/{d}": r["bits_per_byte"] for d, r in evaluated.results.items()})
-        lab.tracker.log_metrics(config.mlflow_run_id, metrics, config.step)
-    numbers = {f"loss/{d}": r["loss"] for d, r in evaluated.results.items()}
-    numbers.update({f"bits_per_byte/{d}": r["bits_per_byte"] for d, r in evaluated.results.items()})
+        lab.tracker.log_metrics(config.mlflow_run_id, {f"val_{k}": v for k, v in step_numbers(evaluated).items()},
+                                config.step)
+    numbers = step_numbers(evaluated)
     context.log_event(AssetObservation(
         asset_key=AssetKey(config.asset), description=f"validation at step {config.step} (live)",
         metadata={"step": config.step, "checkpoint": checkpoint.name, "computed": ", ".join(evaluated.computed),
@@ -156,8 +167,18 @@ def locate_checkpoint(store: Store, cfg: ExperimentConfig, item: PlanItem, finge
     return Checkpoint(curve[step], checkpoint_key(curve[step], untrained_identity(cfg, vocab_size)))
 
 
+def step_numbers(evaluated: StepEval) -> dict[str, float]:
+    """One checkpoint's numbers, named for charts: loss and bits-per-byte per domain, accuracy per task."""
+    numbers = {f"loss/{d}": r["loss"] for d, r in evaluated.results.items()}
+    numbers.update({f"bits_per_byte/{d}": r["bits_per_byte"] for d, r in evaluated.results.items()})
+    for task, score in evaluated.tasks.items():
+        numbers.update({f"downstream/{task}/acc": score["acc"], f"downstream/{task}/acc_stderr": score["acc_stderr"]})
+    return numbers
+
+
 def describe_step(step: int, evaluated: StepEval) -> str:
-    losses = ", ".join(f"{d} {r['loss']:.3f}" for d, r in evaluated.results.items())
+    losses = ", ".join([f"{d} {r['loss']:.3f}" for d, r in evaluated.results.items()]
+                       + [f"{t} acc {r['acc']:.3f}" for t, r in evaluated.tasks.items()])
     if not evaluated.computed:
         return f"eval step {step}: reused from the evaluation cache ({losses})"
     return f"eval step {step}: computed {', '.join(evaluated.computed)} ({losses})"

@@ -57,6 +57,8 @@ class StageResult:
     metadata: dict = field(default_factory=dict)
     # Files to attach to the MLflow run (plots, reports), relative to the output folder.
     artifacts: list[str] = field(default_factory=list)
+    # Metrics by step for the MLflow run (curves, e.g. downstream accuracy at each checkpoint).
+    step_metrics: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
 def inline_plots(paths: list[Path]) -> MetadataValue:
@@ -94,6 +96,8 @@ class LabResource(ConfigurableResource):
                 lab.tracker.finish_run(run_id, {}, {"lab.error": traceback.format_exc()[-4000:]}, [], "FAILED")
                 raise
         output = lab.store.path(stage, manifest.fingerprint)
+        for step, metrics in result.step_metrics.items():
+            lab.tracker.log_metrics(run_id, metrics, step)
         artifacts = [output / "manifest.json", lab.store.root / pointer["pointer_file"]]
         lab.tracker.finish_run(
             run_id, manifest.stats,

@@ -51,16 +51,17 @@ def test_a_checkpoint_is_named_by_its_training_output_and_step_committed_or_not(
     assert checkpoint_key(None, untrained) != checkpoint_key(None, {**untrained, "seed": 1})
 
 
-def test_cache_entries_depend_on_the_eval_config_and_survive_a_new_process(tmp_path: Path) -> None:
-    cache = EvalCache(tmp_path, {"seq_len": 64}, holder="test")
-    key = cache.key("f00d/step-40", "validation:python", {"split": "1234"})
+def test_cache_entries_depend_on_their_inputs_and_survive_a_new_process(tmp_path: Path) -> None:
+    cache = EvalCache(tmp_path, holder="test")
+    inputs = {"split": "1234", "eval": {"seq_len": 64}}
+    key = cache.key("f00d/step-40", "validation:python", inputs)
     assert cache.get(key) is None
     with cache.hold("f00d/step-40"):
         cache.put(key, {"loss": 4.2}, {"checkpoint": "f00d/step-40"})
-    assert EvalCache(tmp_path, {"seq_len": 64}, holder="other").get(key) == {"loss": 4.2}
-    other = EvalCache(tmp_path, {"seq_len": 32}, holder="test")
-    assert other.key("f00d/step-40", "validation:python", {"split": "1234"}) != key
-    assert cache.key("f00d/step-40", "validation:python", {"split": "5678"}) != key
+    assert EvalCache(tmp_path, holder="other").get(key) == {"loss": 4.2}
+    assert cache.key("f00d/step-40", "validation:python", {**inputs, "eval": {"seq_len": 32}}) != key
+    assert cache.key("f00d/step-40", "validation:python", {**inputs, "split": "5678"}) != key
+    assert cache.key("f00d/step-80", "validation:python", inputs) != key
     assert not list(cache.root.rglob(".*.json.*")), "a scratch file was left behind"
 
 
