@@ -81,8 +81,7 @@ def add_downstream(run: StageRun, evaluated: dict, result: StageResult) -> None:
     """Task accuracy at every checkpoint: a table of the last one, the plot against validation loss, and the
     whole curve in the eval's MLflow run."""
     by_step, curve = evaluated["downstream"], evaluated["by_step"]
-    final = by_step[max(by_step)]
-    result.stats["downstream"] = final
+    final = by_step[max(by_step)]  # (not in the stats, which are per domain: eval.json and MLflow hold the curve)
     rows = [f"| {t} | {r['n']} | {r['acc']:.3f} | {r['acc_stderr']:.3f} | {r['chance']:.3f} | "
             f"{(r['acc'] - r['chance']) / max(r['acc_stderr'], 1e-9):+.1f} |" for t, r in final.items()]
     result.metadata["downstream"] = MetadataValue.md(
