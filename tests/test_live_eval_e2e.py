@@ -47,12 +47,12 @@ def final_status(instance: DagsterInstance, run) -> DagsterRunStatus:
     return retries[0].status if retries else run.status
 
 
-def wait_for(condition, timeout_s: float, what: str) -> None:
+def wait_for(condition, timeout_s: float, what: str, poll_s: float = 1.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} did not happen within {timeout_s:.0f} s")
-        time.sleep(1)
+        time.sleep(poll_s)
 
 
 def run_log(instance: DagsterInstance, run_id: str) -> str:
@@ -120,13 +120,13 @@ def test_every_checkpoint_is_evaluated_once_while_it_trains_across_a_daemon_cras
 
 def test_a_killed_eval_resumes_without_recomputing_finished_checkpoints(trained) -> None:
     home, _ = trained
-    other_eval = [*ARM, "eval.max_tokens_per_domain=2000"]  # the same checkpoints, evaluated anew
+    other_eval = [*ARM, "eval.max_tokens_per_domain=30000"]  # the same checkpoints, evaluated anew (longer)
     cache = home / "store" / CACHE_DIR
     before = set(cache.rglob("*.json"))
     first = lab(home, *other_eval, log=home / "killed.log")
     # Three domains per checkpoint: two finished checkpoints are six new results.
     wait_for(lambda: len(set(cache.rglob("*.json")) - before) >= 6 or first.poll() is not None, 600,
-             "two evaluated checkpoints")
+             "two evaluated checkpoints", poll_s=0.1)
     assert first.poll() is None, (home / "killed.log").read_text()[-3000:]
     first.send_signal(signal.SIGKILL)
     first.wait()
