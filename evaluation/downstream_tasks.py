@@ -64,7 +64,8 @@ def held_out_texts(mixed_dir: Path, tokenizer: Tokenizer) -> dict[str, list[str]
 def _context(text: str, end: int, max_chars: int) -> str:
     """The text before `end`, at most `max_chars`, starting at a line start where the cut allows."""
     start = max(0, end - max_chars)
-    if start > 0 and (newline := text.find("\n", start, end)) != -1:
+    # (not when the line before `end` is longer than the cut: the context would be empty)
+    if start > 0 and (newline := text.find("\n", start, end)) != -1 and newline + 1 < end:
         start = newline + 1
     return text[start:end]
 
@@ -207,7 +208,8 @@ def task_examples(texts: dict[str, list[str]], cfg: DownstreamConfig, tokenizer:
     tasks = {}
     for task, (maker, documents) in sorted(makers.items()):
         rng = random.Random(f"{cfg.seed}:{task}")
-        examples = maker(documents, cfg, rng, count)
+        # An example needs context to condition on (lm-eval refuses an empty one): a cloze at a text's start has none.
+        examples = [example for example in maker(documents, cfg, rng, count) if example.context.strip()]
         rng.shuffle(examples)
         tasks[task] = examples[: cfg.examples_per_task]
     return tasks
