@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
@@ -67,8 +68,9 @@ class Tasks:
     tokenizer_dir: Path
     cfg: DownstreamConfig
 
+    @cached_property
     def digests(self) -> dict[str, str]:
-        """Each task's identity: its lm-eval config and examples."""
+        """Each task's identity: its lm-eval config and examples (read once, not at every checkpoint)."""
         tasks = json.loads((self.folder / MANIFEST).read_text())["tasks"]
         return {t: files_digest([self.folder / f"{t}.yaml", self.folder / f"{t}.jsonl"]) for t in sorted(tasks)}
 
@@ -116,7 +118,7 @@ def evaluate_step(checkpoint: Checkpoint, model: ModelConfig, vocab_size: int, s
         scores, missing_tasks = {}, []
         if tasks is not None:
             task_keys = {t: cache.key(checkpoint.name, f"task:{t}", {"task": d, "downstream": asdict(tasks.cfg)})
-                         for t, d in tasks.digests().items()}
+                         for t, d in tasks.digests.items()}
             scores = {t: found for t, key in task_keys.items() if (found := cache.get(key)) is not None}
             missing_tasks = [t for t in task_keys if t not in scores]
             if missing_tasks:
