@@ -5,7 +5,11 @@
                                        record the experiment (-m: a Hydra sweep, one arm per combination) and
                                        materialize what is stale through the lab's Dagster instance
     lab experiments                    every known experiment, arm by arm: materialized, stale (why) or running
-    lab report EXPERIMENT              the experiment's comparison table and where its plots are
+    lab report EXPERIMENT [--docs]     the experiment's comparison table and where its plots are (--docs: a
+                                       preset's report written to docs/experiments/<preset>.md with its plots)
+    lab preset [NAME] [--tiny] [overrides]
+                                       the research presets (conf/preset/); with a name: run that preset's arms
+                                       and seeds (overrides apply to every arm; --tiny: its test-sized version)
     lab pull                           dvc pull every recorded output into the lab home
 """
 
@@ -23,7 +27,6 @@ from orchestration.experiments import (
     find_experiment,
     known_experiments,
     record,
-    slug,
     sweep_arms,
 )
 from orchestration.lineage import PlanItem, resolve_parent
@@ -90,14 +93,18 @@ def summary_line(item: PlanItem) -> str:
 def materialize_experiment(experiment: Experiment) -> bool:
     from orchestration import runner
     from orchestration.dagster_home import open_instance
-    from orchestration.graph import REPORT, build_graph
+    from orchestration.graph import build_graph
     from orchestration.lab import lab_for
+    from orchestration.presets import arm_waves
     from orchestration.webserver import reload_running_webserver
 
     home = default_lab_home()
     instance = open_instance(home)
+    own_arms = {tuple(arm.overrides) for arm in experiment.arms}
     for arm in experiment.arms:  # parents first: a child's plan needs the parent's checkpoint and eval
         parent = resolve_parent(lab_for(arm.overrides).cfg, lab_for(arm.overrides).store)
+        if parent is not None and tuple(parent.overrides) in own_arms:
+            continue  # an arm of this experiment: built in an earlier wave below
         if parent is not None and None in (parent.manifests["checkpoint"], parent.manifests["eval"]):
             print(f"Materializing the parent experiment first: {' '.join(parent.overrides)}")
             if not materialize_experiment(as_experiment(parent.overrides, False, "", "")):
@@ -111,22 +118,33 @@ def materialize_experiment(experiment: Experiment) -> bool:
         print(f"Closed {len(closed)} run(s) whose process had died: {', '.join(closed)}")
     started = time.time()
     graph = build_graph(known_experiments(home))
-    stale = runner.stale_keys(graph, experiment)
-    for arm in experiment.arms:
-        print(f"\nExperiment '{experiment.name}', arm '{arm.name}': {' '.join(arm.overrides)}")
-        print_plan(lab_for(arm.overrides).plan())
-    shared, own = runner.split_shared(stale)
-    ok = runner.execute(graph, runner.Selection(shared, experiment.name))
-    if ok and len(experiment.arms) == 1:
-        ok = runner.execute(graph, runner.Selection(own[experiment.arms[0].name], experiment.name,
-                                                    experiment.arms[0].name))
-    elif ok:
-        ok = runner.run_arms_side_by_side(experiment, own)
-    if ok and (any(stale.values()) or not report_exists(experiment)):
-        ok = runner.execute(graph, runner.Selection([[slug(experiment.name), REPORT]], experiment.name))
+    ran_any, ok = False, True
+    # Arms that start from another arm of this experiment (a preset's branches) run after it, wave by wave.
+    for wave in arm_waves(experiment):
+        stale = runner.stale_keys(graph, experiment, [arm.name for arm in wave])
+        for arm in wave:
+            print(f"\nExperiment '{experiment.name}', arm '{arm.name}': {' '.join(arm.overrides)}")
+            print_plan(lab_for(arm.overrides).plan())
+        ok = ok and run_wave(graph, experiment, stale)
+        ran_any = ran_any or any(stale.values())
+    if ok and (ran_any or not report_exists(experiment)):
+        ok = runner.execute(graph, runner.Selection(runner.report_keys(graph, experiment), experiment.name))
     if ok:
         summarize(experiment, time.time() - started)
     return ok
+
+
+def run_wave(graph, experiment: Experiment, stale: dict[str, list[list[str]]]) -> bool:
+    """What the wave's arms share, once; then each arm's own assets (one run, or a run per arm side by side)."""
+    from orchestration import runner
+
+    shared, own = runner.split_shared(stale)
+    if not runner.execute(graph, runner.Selection(shared, experiment.name)):
+        return False
+    if len(own) == 1:
+        arm, keys = next(iter(own.items()))
+        return runner.execute(graph, runner.Selection(keys, experiment.name, arm))
+    return runner.run_arms_side_by_side(experiment, own)
 
 
 def report_exists(experiment: Experiment) -> bool:
@@ -159,16 +177,19 @@ def run_arm(experiment_name: str, arm_name: str) -> bool:
     open_instance(home)
     experiment = find_experiment(home, experiment_name)
     graph = build_graph(known_experiments(home))
-    keys = runner.stale_keys(graph, experiment)[arm_name]
+    keys = runner.stale_keys(graph, experiment, [arm_name])[arm_name]
     return runner.execute(graph, runner.Selection(keys, experiment.name, arm_name))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lab", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("command", choices=["plan", "materialize", "experiments", "report", "pull", "run-arm"])
+    parser.add_argument("command",
+                        choices=["plan", "materialize", "experiments", "report", "preset", "pull", "run-arm"])
     parser.add_argument("-m", "--multirun", action="store_true", help="sweep over comma-separated values")
     parser.add_argument("--name", default="", help="the experiment's name (default: derived from the overrides)")
     parser.add_argument("--baseline", default="", help="the arm the report compares against (default: the first)")
+    parser.add_argument("--tiny", action="store_true", help="preset: its tiny version (what make test runs)")
+    parser.add_argument("--docs", action="store_true", help="report: write a preset's report to docs/experiments")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. filter.prose.min_doc_words=30")
     args = parser.parse_intermixed_args(argv)
     try:
@@ -181,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             from orchestration.status import print_report
 
-            return print_report(default_lab_home(), " ".join(args.overrides))
+            return print_report(default_lab_home(), " ".join(args.overrides), args.docs)
+        if args.command == "preset":
+            return preset_command(args.overrides, args.tiny, args.name)
         if args.command == "run-arm":
             experiment, *arm = args.overrides
             return 0 if run_arm(experiment, " ".join(arm)) else 1
@@ -192,6 +215,24 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as error:
         print(f"lab: {error}", file=sys.stderr)
         return 2
+
+
+def preset_command(words: list[str], tiny: bool, name: str) -> int:
+    """``lab preset``: list the presets; ``lab preset NAME [overrides]``: run one, then write its report."""
+    from orchestration.presets import load_preset, preset_experiment, preset_names
+
+    if not words:
+        for preset_name in preset_names():
+            preset = load_preset(preset_name)
+            print(f"  {preset_name:<22} {preset.title}  ({len(preset.arms)} arms x {len(preset.seeds)} seeds)")
+        print("Run one: lab preset NAME [overrides]   (its test-sized version: --tiny)")
+        return 0
+    preset_name, *extra = words
+    preset = load_preset(preset_name).variant(tiny)
+    experiment = preset_experiment(preset, extra, name or (f"{preset_name}_tiny" if tiny and not extra else ""))
+    for arm in experiment.arms:
+        load_experiment(arm.overrides)  # a wrong override fails here, before anything runs
+    return 0 if materialize_experiment(experiment) else 1
 
 
 def plan_command(overrides: list[str], multirun: bool) -> int:

@@ -22,13 +22,13 @@ from dagster import (
     define_asset_job,
 )
 
-from assets import checkpoint, corpus, filtered, mixed, report, tokenizer
+from assets import checkpoint, corpus, filtered, law_fit, mixed, report, tokenizer
 from assets import eval as eval_stage
 from orchestration.automation import automation_config, eval_condition, eval_sensor, stale_schedule
 from orchestration.checks import asset_checks
 from orchestration.config import default_lab_home
 from orchestration.experiments import known_experiments, slug
-from orchestration.graph import REPORT, Graph, Node, build_graph
+from orchestration.graph import LAW_FIT, REPORT, Graph, Node, build_graph
 from orchestration.launch import launch
 from orchestration.lineage import STAGE_BY_NAME
 from orchestration.live_eval import live_evaluation, live_evaluation_sensor
@@ -60,9 +60,24 @@ def stage_asset(node: Node) -> AssetsDefinition:
     return _stage
 
 
+def law_fit_asset(graph: Graph, experiment: str) -> AssetsDefinition:
+    arms = graph.experiment_arms(experiment)
+    deps = {tuple(arm.paths[stage]) for arm in arms for stage in ("checkpoint", "eval")}
+
+    @asset(key=AssetKey([slug(experiment), LAW_FIT]), deps=[AssetKey(list(dep)) for dep in sorted(deps)],
+           group_name=slug(experiment), kinds={"python"},
+           description=f"The law {experiment} fits over its arms: parameters, residuals, held-out errors, and a "
+                       "prediction for a new arm to run.")
+    def _law_fit(context: AssetExecutionContext) -> MaterializeResult:
+        return law_fit.materialize(context, experiment)
+
+    return _law_fit
+
+
 def report_asset(graph: Graph, experiment: str) -> AssetsDefinition:
     arms = graph.experiment_arms(experiment)
     deps = {tuple(arm.paths[stage]) for arm in arms for stage in ("checkpoint", "eval")}
+    deps |= {tuple(key) for key in graph.experiment_keys(experiment) if key[-1] == LAW_FIT}
 
     @asset(key=AssetKey([slug(experiment), REPORT]), deps=[AssetKey(list(dep)) for dep in sorted(deps)],
            group_name=slug(experiment), kinds={"python"},
@@ -77,11 +92,13 @@ def report_asset(graph: Graph, experiment: str) -> AssetsDefinition:
 def build_definitions(graph: Graph) -> Definitions:
     assets = [stage_asset(node) for node in graph.nodes.values()]
     assets += [report_asset(graph, experiment.name) for experiment in graph.experiments]
+    assets += [law_fit_asset(graph, experiment.name) for experiment in graph.experiments
+               if [slug(experiment.name), LAW_FIT] in graph.experiment_keys(experiment.name)]
     jobs = [launch, live_evaluation]
     for experiment in graph.experiments:
         keys = [AssetKey(path) for arm in graph.experiment_arms(experiment.name) for path in arm.paths.values()]
-        selection = AssetSelection.assets(*keys).upstream() | AssetSelection.assets(AssetKey([slug(experiment.name),
-                                                                                            REPORT]))
+        own = [AssetKey(key) for key in graph.experiment_keys(experiment.name)]
+        selection = AssetSelection.assets(*keys).upstream() | AssetSelection.assets(*own)
         jobs.append(define_asset_job(
             f"experiment_{slug(experiment.name)}", selection=selection, tags={"lab/experiment": experiment.name},
             description=f"Materialize every arm of {experiment.name} and its report; what is fresh is reused."))

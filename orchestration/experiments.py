@@ -41,6 +41,7 @@ class Experiment:
     axes: dict[str, list[str]] = field(default_factory=dict)  # swept key -> values
     baseline: str = ""  # the arm the report measures speedups against; empty: the first arm
     created_at: float = field(default_factory=time.time)
+    preset: str = ""  # the research preset (conf/preset/) this experiment runs; empty: none
 
     @property
     def baseline_arm(self) -> str:

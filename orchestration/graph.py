@@ -16,6 +16,7 @@ from orchestration.lineage import PARENT_UPSTREAM, STAGES, config_version
 from orchestration.store import fingerprint
 
 REPORT = "report"
+LAW_FIT = "law_fit"  # a law preset's fit over its arms (orchestration.law_fits), upstream of its report
 
 
 @dataclass
@@ -52,6 +53,11 @@ class Graph:
     def experiment_arms(self, experiment: str) -> list[ArmLineage]:
         return [a for a in self.arms if a.experiment.name == experiment]
 
+    def experiment_keys(self, experiment: str) -> list[list[str]]:
+        """The experiment's own assets above its arms: its law fit (a law preset) and its report."""
+        known = next(e for e in self.experiments if e.name == experiment)
+        return [[slug(experiment), LAW_FIT]] * bool(law_of(known)) + [[slug(experiment), REPORT]]
+
 
 def _stage_identity(cfg: ExperimentConfig, stage: str) -> str:
     spec = next(s for s in STAGES if s.name == stage)
@@ -60,6 +66,13 @@ def _stage_identity(cfg: ExperimentConfig, stage: str) -> str:
         # The configured step (None: the parent's last); the plan resolves it against the parent's output.
         version = fingerprint(stage, version, {"mode": cfg.parent.mode, "step": cfg.parent.step}, {})
     return version
+
+
+def law_of(experiment: Experiment) -> dict:
+    """The law a preset experiment fits ({"kind", "fit", "predict", ...}); empty for any other experiment."""
+    from orchestration.presets import load_preset
+
+    return load_preset(experiment.preset).law if experiment.preset else {}
 
 
 def _has_parent(experiment: Experiment) -> bool:

@@ -47,7 +47,18 @@ def report_fingerprint(experiment: Experiment, arms: list[ArmOutputs]) -> str:
     identity = {"arms": [[a.name, a.params, a.overrides] for a in arms], "baseline": experiment.baseline_arm}
     upstream = {f"{a.name}/{stage}": a.items[stage].manifest.content_hash for a in arms
                 for stage in ("checkpoint", "eval")}
-    code = combined_version(module_digests(REPORT_MODULES))
+    modules = REPORT_MODULES
+    if experiment.preset:  # a preset's report holds its finding too, and reads its law fit
+        from orchestration.law_fits import latest_law_fit
+        from orchestration.preset_reports import FINDING_MODULES
+        from orchestration.presets import load_preset
+
+        modules += FINDING_MODULES
+        identity["analysis"] = load_preset(experiment.preset).analysis
+        law = latest_law_fit(experiment)
+        if law is not None:
+            upstream["law_fit"] = law.content_hash
+    code = combined_version(module_digests(modules))
     return fingerprint("report", code, identity, upstream)
 
 
@@ -68,7 +79,13 @@ def arm_record(arm: ArmOutputs, store: Store) -> ArmRecord:
 def build_report(experiment: Experiment, arms: list[ArmOutputs], out_dir: Path, store: Store) -> Comparison:
     records = [arm_record(arm, store) for arm in arms]
     baseline = experiment.baseline_arm if len(arms) > 1 else None
-    return build_comparison(records, out_dir, title=experiment.name, baseline=baseline)
+    comparison = build_comparison(records, out_dir, title=experiment.name, baseline=baseline)
+    if experiment.preset:
+        from orchestration.preset_reports import write_finding
+
+        finding = write_finding(experiment, records, out_dir)
+        comparison.summary["verdicts"] = {e.name: e.verdict for e in finding.effects}
+    return comparison
 
 
 def latest_report(store: Store, experiment: Experiment) -> tuple[Manifest | None, list[str]]:

@@ -27,7 +27,7 @@ from dagster import AssetKey, DagsterInstance, DagsterRunStatus, RunsFilter, mat
 
 from orchestration.config import REPO_ROOT
 from orchestration.experiments import Experiment
-from orchestration.graph import Graph
+from orchestration.graph import LAW_FIT, REPORT, Graph
 from orchestration.lab import lab_for
 from orchestration.resources import LabResource
 
@@ -39,13 +39,20 @@ class Selection:
     arm: str = ""  # empty: a run for several arms (the shared trunk, the report)
 
 
-def stale_keys(graph: Graph, experiment: Experiment) -> dict[str, list[list[str]]]:
-    """Per arm, the asset keys its plan will (re)build."""
+def stale_keys(graph: Graph, experiment: Experiment, arms: list[str] | None = None) -> dict[str, list[list[str]]]:
+    """Per arm (every arm, or those named), the asset keys its plan will (re)build."""
     stale = {}
     for arm in graph.experiment_arms(experiment.name):
+        if arms is not None and arm.arm.name not in arms:
+            continue
         items = lab_for(arm.arm.overrides).plan()
         stale[arm.arm.name] = [arm.paths[item.stage] for item in items if item.action == "run"]
     return stale
+
+
+def report_keys(graph: Graph, experiment: Experiment) -> list[list[str]]:
+    """The experiment's own assets above its arms: its law fit (a law preset) and its report."""
+    return [key for key in graph.experiment_keys(experiment.name) if key[-1] in (LAW_FIT, REPORT)]
 
 
 def split_shared(stale: dict[str, list[list[str]]]) -> tuple[list[list[str]], dict[str, list[list[str]]]]:

@@ -45,7 +45,7 @@ def print_experiments(home: Path) -> int:
     return 0
 
 
-def print_report(home: Path, name: str) -> int:
+def print_report(home: Path, name: str, docs: bool = False) -> int:
     from orchestration.reports import latest_report
 
     if not name:
@@ -59,6 +59,23 @@ def print_report(home: Path, name: str) -> int:
               f"Run `lab materialize` on it (or its job in the UI).")
         return 1
     folder = store.path("report", report.fingerprint)
+    if docs:
+        return write_preset_docs(experiment, folder)
     print((folder / "comparison.md").read_text())
+    if (folder / "finding.md").is_file():
+        print((folder / "finding.md").read_text())
     print(f"Plots: {', '.join(str(p) for p in sorted(folder.glob('*.png')))}")
+    return 0
+
+
+def write_preset_docs(experiment, report_dir: Path) -> int:
+    """``lab report <preset> --docs``: the preset's page in docs/experiments/, from the lab home alone."""
+    from orchestration.law_fits import law_dir
+    from orchestration.preset_reports import write_docs
+
+    if not experiment.preset:
+        raise ValueError(f"{experiment.name} is not a research preset; --docs writes preset reports "
+                         "(`lab preset` lists them)")
+    page = write_docs(experiment, report_dir, law_dir(experiment))
+    print(f"Wrote {page} and its figures in {page.with_suffix('')}/")
     return 0

@@ -1,0 +1,161 @@
+"""A law preset's fit over its arms (``evaluation.laws``): an output of its own, upstream of the preset's report.
+
+``law.kind: lr_annealing`` fits L(s) = L0 + A*S1^-alpha - C*S2 on the validation curves of the ``fit`` arms (every
+seed) and predicts the whole curve of each ``predict`` arm from its schedule alone; ``law.candidates`` are
+schedules nobody ran yet, whose predicted final loss the fit states with the command that runs them.
+``law.kind: mixture`` fits the target-domain and general losses in the target's mixture ratio and the tokens
+trained on the ``fit`` arms' checkpoints, predicts the ``predict`` arms, and states the critical mixture ratio.
+
+The output (``<store>/law_fit/<fingerprint>/``: law.json, law.md, plots) is keyed by the law code, the law spec and
+the content hashes of the arms' checkpoint and eval outputs, like a report.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from evaluation import law_plots, laws
+from evaluation.compare import ArmRecord, token_weighted_loss
+from orchestration.code_identity import combined_version, module_digests
+from orchestration.config import ExperimentConfig, load_experiment
+from orchestration.experiments import Experiment
+from orchestration.lab import lab_for
+from orchestration.presets import load_preset
+from orchestration.store import Manifest, fingerprint
+from training.schedules import Schedule, lr_factor
+
+LAW_MODULES = ("evaluation.laws", "evaluation.law_plots", "orchestration.law_fits")
+
+
+@dataclass
+class LawFit:
+    path: str  # relative to the lab home
+    content_hash: str
+    markdown: str
+    plots: list[Path]
+    summary: dict  # law.json
+
+
+def lr_series(cfg: ExperimentConfig) -> list[float]:
+    """The learning rate of steps 1..N as training applies it (the step-n update uses the factor at n - 1)."""
+    schedule = Schedule.from_train(cfg.train)
+    return [cfg.train.lr * lr_factor(schedule, step) for step in range(cfg.train.steps)]
+
+
+def _inputs(experiment: Experiment):
+    from orchestration.reports import arm_outputs, arm_record, missing_outputs
+
+    law = load_preset(experiment.preset).law
+    wanted = set(law["fit"]) | set(law.get("predict", []))
+    arms = [arm for arm in arm_outputs(experiment) if experiment_arm(experiment, arm.name).params["arm"] in wanted]
+    return law, arms, missing_outputs(arms), arm_record
+
+
+def experiment_arm(experiment: Experiment, name: str):
+    return next(arm for arm in experiment.arms if arm.name == name)
+
+
+def law_fingerprint(experiment: Experiment, law: dict, arms) -> str:
+    upstream = {f"{a.name}/{stage}": a.items[stage].manifest.content_hash for a in arms
+                for stage in ("checkpoint", "eval")}
+    return fingerprint("law_fit", combined_version(module_digests(LAW_MODULES)), {"law": law}, upstream)
+
+
+def latest_law_fit(experiment: Experiment) -> Manifest | None:
+    """The law fit of the experiment's current outputs, if it was materialized (None also when it has no law)."""
+    if not experiment.preset or not load_preset(experiment.preset).law:
+        return None
+    law, arms, missing, _ = _inputs(experiment)
+    if missing:
+        return None
+    return lab_for(experiment.arms[0].overrides).store.find("law_fit", law_fingerprint(experiment, law, arms))
+
+
+def law_dir(experiment: Experiment) -> Path | None:
+    manifest = latest_law_fit(experiment)
+    store = lab_for(experiment.arms[0].overrides).store
+    return store.path("law_fit", manifest.fingerprint) if manifest else None
+
+
+def materialize_law_fit(experiment: Experiment, dagster_run_id: str, log: Callable[[str], None]) -> LawFit:
+    law, arms, missing, arm_record = _inputs(experiment)
+    if missing:
+        raise RuntimeError(f"the law fit of {experiment.name} needs its arms' checkpoint and eval; missing: "
+                           f"{', '.join(missing)}. Materialize the experiment (`lab preset` or its job) first")
+    store = lab_for(experiment.arms[0].overrides).store
+    fp = law_fingerprint(experiment, law, arms)
+    with store.lease("law_fit", fp, holder=f"dagster run {dagster_run_id}", on_wait=log):
+        manifest = store.find("law_fit", fp)
+        if manifest is None:
+            def build(partial: Path) -> Manifest:
+                records = {arm.name: (experiment_arm(experiment, arm.name), arm_record(arm, store)) for arm in arms}
+                fit = FITS[law["kind"]](experiment, law, records, partial)
+                (partial / "law.json").write_text(json.dumps(fit, indent=2, sort_keys=True) + "\n")
+                return Manifest("law_fit", fp, "", "", {"law": law}, {}, fit["headline"],
+                                dagster_run_id=dagster_run_id)
+
+            manifest = store.commit("law_fit", fp, build)
+    output = store.path("law_fit", fp)
+    return LawFit(f"store/law_fit/{fp}", manifest.content_hash, (output / "law.md").read_text(),
+                  sorted(output.glob("*.png")), json.loads((output / "law.json").read_text()))
+
+
+def _val_points(record: ArmRecord) -> dict[int, float]:
+    domains = sorted(record.final)
+    return {step: token_weighted_loss(results, domains) for step, results in sorted(record.val_curve.items())}
+
+
+def fit_lr_annealing(experiment: Experiment, law: dict, records: dict, out: Path) -> dict:
+    """Fit on the ``fit`` arms' curves (all seeds), predict every ``predict`` arm's curve, rank the candidates."""
+    curves = {name: laws.Curve(name, lr_series(load_experiment(arm.overrides)), _val_points(record))
+              for name, (arm, record) in records.items()}
+    fitted = [curves[n] for n, (arm, _) in records.items() if arm.params["arm"] in law["fit"]]
+    held_out = [curves[n] for n, (arm, _) in records.items() if arm.params["arm"] in law.get("predict", [])]
+    fit = laws.fit_annealing_law(fitted, min_step=int(law.get("min_step", 0)))
+    errors = {curve.name: laws.prediction_errors(fit, curve) for curve in held_out}
+    base = experiment.arms[0].overrides
+    candidates = {}
+    for name, overrides in law.get("candidates", {}).items():
+        cfg = load_experiment([*base, *overrides])
+        predicted = fit.predict(lr_series(cfg), [cfg.train.steps])[cfg.train.steps]
+        candidates[name] = {"overrides": overrides, "steps": cfg.train.steps, "predicted_final_loss": predicted}
+    plots = [law_plots.plot_annealing(fit, fitted, held_out, out / "lr_annealing_fit.png").name]
+    worst = max((abs(e["final_relative_error"]) for e in errors.values()), default=None)
+    summary = {"kind": "lr_annealing", "fit": fit.to_json(), "errors": errors, "candidates": candidates,
+               "plots": plots, "headline": {"final_relative_error_max": worst, "criterion": law.get("criterion")}}
+    (out / "law.md").write_text(law_markdown_annealing(summary, law))
+    return summary
+
+
+def law_markdown_annealing(summary: dict, law: dict) -> str:
+    fit = summary["fit"]
+    params = " | ".join(f"{key} = {fit[key]:.4g}" for key in ("L0", "A", "alpha", "C", "decay") if key in fit)
+    rows = [f"| {name} | {e['observed_final']:.4f} | {e['predicted_final']:.4f} | "
+            f"{e['final_relative_error']:+.2%} | {e['mean_abs_relative_error']:.2%} | {e['max_abs_relative_error']:.2%} |"
+            for name, e in sorted(summary["errors"].items())]
+    criterion = law.get("criterion")
+    worst = summary["headline"]["final_relative_error_max"]
+    verdict = "" if criterion is None or worst is None else (
+        f"Criterion: the held-out final loss within {criterion:.0%}: **{'met' if worst <= criterion else 'missed'}** "
+        f"(worst {worst:.2%}).")
+    lines = ["## Law fit: LR annealing", "L(s) = L0 + A·S1(s)^(-alpha) - C·S2(s) (S1: the LR's forward area, S2: "
+             "its annealing area with momentum; see docs/laws.md).", f"Fitted on {', '.join(law['fit'])} (every "
+             f"seed), {len(fit.get('fitted_on', []))} curves: {params}.",
+             "\n".join(["| held-out arm | observed final loss | predicted | error | mean abs. error over the curve "
+                        "| max |", "|---|---|---|---|---|---|", *rows]), verdict]
+    if summary["candidates"]:
+        best = min(summary["candidates"].items(), key=lambda kv: kv[1]["predicted_final_loss"])
+        lines += ["Predictions for schedules nobody ran yet (run one as a new arm to test the law):",
+                  "\n".join(["| schedule | overrides | predicted final loss |", "|---|---|---|",
+                             *(f"| {n} | `{' '.join(c['overrides'])}` | {c['predicted_final_loss']:.4f} |"
+                               for n, c in summary["candidates"].items())]),
+                  f"Lowest predicted: **{best[0]}**; run it: `lab materialize {' '.join(best[1]['overrides'])}` "
+                  "on top of the preset's base overrides."]
+    lines += [f"![{Path(p).stem}]({p})" for p in summary["plots"]]
+    return "\n\n".join(line for line in lines if line) + "\n"
+
+
+FITS = {"lr_annealing": fit_lr_annealing}
