@@ -81,6 +81,8 @@ def _annealing_law(params: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> np.nda
 
 def _fit_points(curve: Curve, min_step: int) -> list[int]:
     """The observed steps of a curve that the law should describe: past its warmup and at or after min_step."""
+    if not curve.lrs or max(curve.lrs) <= 0:
+        raise ValueError(f"curve {curve.name!r} needs the (positive) LR of each of its steps; got {len(curve.lrs)} LRs")
     bad = [s for s in curve.observed if not 1 <= s <= len(curve.lrs)]
     if bad:
         raise ValueError(f"curve {curve.name!r} has losses at steps {bad} outside its {len(curve.lrs)} LR steps: "

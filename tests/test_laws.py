@@ -99,6 +99,8 @@ def test_too_few_annealing_points_name_the_curves_and_the_count():
         fit_annealing_law(few)
     with pytest.raises(ValueError, match="outside its 300 LR steps"):
         fit_annealing_law([Curve("c", lrs, {400: 2.0})])
+    with pytest.raises(ValueError, match="positive"):
+        fit_annealing_law([Curve("d", [], {})])
 
 
 TRUE_TARGET = LawParams(E=1.8, A=0.3, alpha=0.4, B=0.5, beta=0.3)
