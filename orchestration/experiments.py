@@ -42,6 +42,7 @@ class Experiment:
     baseline: str = ""  # the arm the report measures speedups against; empty: the first arm
     created_at: float = field(default_factory=time.time)
     preset: str = ""  # the research preset (conf/preset/) this experiment runs; empty: none
+    preset_variant: str = ""  # "tiny": the preset's test-sized version
 
     @property
     def baseline_arm(self) -> str:

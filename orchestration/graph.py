@@ -70,9 +70,9 @@ def _stage_identity(cfg: ExperimentConfig, stage: str) -> str:
 
 def law_of(experiment: Experiment) -> dict:
     """The law a preset experiment fits ({"kind", "fit", "predict", ...}); empty for any other experiment."""
-    from orchestration.presets import load_preset
+    from orchestration.presets import preset_of
 
-    return load_preset(experiment.preset).law if experiment.preset else {}
+    return preset_of(experiment).law if experiment.preset else {}
 
 
 def _has_parent(experiment: Experiment) -> bool:

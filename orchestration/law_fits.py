@@ -23,7 +23,7 @@ from orchestration.code_identity import combined_version, module_digests
 from orchestration.config import ExperimentConfig, load_experiment
 from orchestration.experiments import Experiment
 from orchestration.lab import lab_for
-from orchestration.presets import load_preset
+from orchestration.presets import preset_of
 from orchestration.store import Manifest, fingerprint
 from training.schedules import Schedule, lr_factor
 
@@ -48,7 +48,7 @@ def lr_series(cfg: ExperimentConfig) -> list[float]:
 def _inputs(experiment: Experiment):
     from orchestration.reports import arm_outputs, arm_record, missing_outputs
 
-    law = load_preset(experiment.preset).law
+    law = preset_of(experiment).law
     wanted = set(law["fit"]) | set(law.get("predict", []))
     arms = [arm for arm in arm_outputs(experiment) if experiment_arm(experiment, arm.name).params["arm"] in wanted]
     return law, arms, missing_outputs(arms), arm_record
@@ -66,7 +66,7 @@ def law_fingerprint(experiment: Experiment, law: dict, arms) -> str:
 
 def latest_law_fit(experiment: Experiment) -> Manifest | None:
     """The law fit of the experiment's current outputs, if it was materialized (None also when it has no law)."""
-    if not experiment.preset or not load_preset(experiment.preset).law:
+    if not experiment.preset or not preset_of(experiment).law:
         return None
     law, arms, missing, _ = _inputs(experiment)
     if missing:
@@ -114,15 +114,16 @@ def fit_lr_annealing(experiment: Experiment, law: dict, records: dict, out: Path
               for name, (arm, record) in records.items()}
     fitted = [curves[n] for n, (arm, _) in records.items() if arm.params["arm"] in law["fit"]]
     held_out = [curves[n] for n, (arm, _) in records.items() if arm.params["arm"] in law.get("predict", [])]
-    fit = laws.fit_annealing_law(fitted, min_step=int(law.get("min_step", 0)))
-    errors = {curve.name: laws.prediction_errors(fit, curve) for curve in held_out}
+    fit = laws.fit_annealing_law(fitted, min_step=int(law.get("min_step", 1)))
+    errors = {curve.name: final_errors(fit, curve) for curve in held_out}
     base = experiment.arms[0].overrides
     candidates = {}
     for name, overrides in law.get("candidates", {}).items():
         cfg = load_experiment([*base, *overrides])
         predicted = fit.predict(lr_series(cfg), [cfg.train.steps])[cfg.train.steps]
         candidates[name] = {"overrides": overrides, "steps": cfg.train.steps, "predicted_final_loss": predicted}
-    plots = [law_plots.plot_annealing(fit, fitted, held_out, out / "lr_annealing_fit.png").name]
+    plots = [law_plots.plot_annealing_fit(fit, [*fitted, *held_out], out / "lr_annealing_fit.png",
+                                          f"LR-annealing law, {experiment.name}").name]
     worst = max((abs(e["final_relative_error"]) for e in errors.values()), default=None)
     summary = {"kind": "lr_annealing", "fit": fit.to_json(), "errors": errors, "candidates": candidates,
                "plots": plots, "headline": {"final_relative_error_max": worst, "criterion": law.get("criterion")}}
@@ -130,11 +131,17 @@ def fit_lr_annealing(experiment: Experiment, law: dict, records: dict, out: Path
     return summary
 
 
+def final_errors(fit: laws.AnnealingFit, curve: laws.Curve) -> dict:
+    errors = laws.prediction_errors(fit, curve)
+    observed = curve.observed[errors["final_step"]]
+    return {**errors, "observed_final": observed, "predicted_final": observed * (1 + errors["final_relative_error"])}
+
+
 def law_markdown_annealing(summary: dict, law: dict) -> str:
     fit = summary["fit"]
     params = " | ".join(f"{key} = {fit[key]:.4g}" for key in ("L0", "A", "alpha", "C", "decay") if key in fit)
-    rows = [f"| {name} | {e['observed_final']:.4f} | {e['predicted_final']:.4f} | "
-            f"{e['final_relative_error']:+.2%} | {e['mean_abs_relative_error']:.2%} | {e['max_abs_relative_error']:.2%} |"
+    rows = [f"| {name} | {e['observed_final']:.4f} | {e['predicted_final']:.4f} | {e['final_relative_error']:+.2%} "
+            f"| {e['mean_abs_relative_error']:.2%} | {e['max_abs_relative_error']:.2%} |"
             for name, e in sorted(summary["errors"].items())]
     criterion = law.get("criterion")
     worst = summary["headline"]["final_relative_error_max"]
@@ -158,4 +165,61 @@ def law_markdown_annealing(summary: dict, law: dict) -> str:
     return "\n\n".join(line for line in lines if line) + "\n"
 
 
-FITS = {"lr_annealing": fit_lr_annealing}
+def mixture_points(law: dict, name: str, arm_overrides: list[str], record: ArmRecord) -> list[laws.MixturePoint]:
+    """One point per evaluated checkpoint at or past ``law.min_step``: (target share, tokens, two losses)."""
+    cfg = load_experiment(arm_overrides)
+    weights = cfg.mixture.weights
+    ratio = weights.get(law["target"], 0.0) / sum(weights.values())
+    tokens_per_step = cfg.train.global_batch_size * cfg.train.seq_len
+    points = []
+    for step, results in sorted(record.val_curve.items()):
+        if step < int(law.get("min_step", 1)):
+            continue
+        general = token_weighted_loss(results, sorted(d for d in results if d != law["target"]))
+        points.append(laws.MixturePoint(f"{name}@{step}", ratio, step * tokens_per_step,
+                                        results[law["target"]]["loss"], general))
+    return points
+
+
+def fit_mixture(experiment: Experiment, law: dict, records: dict, out: Path) -> dict:
+    """Fit on the ``fit`` arms' checkpoints, predict the ``predict`` arms', state the critical mixture ratio."""
+    points = {name: mixture_points(law, name, arm.overrides, record) for name, (arm, record) in records.items()}
+    fitted = [p for n, (arm, _) in records.items() if arm.params["arm"] in law["fit"] for p in points[n]]
+    held_out = [p for n, (arm, _) in records.items() if arm.params["arm"] in law.get("predict", []) for p in points[n]]
+    fit = laws.fit_mixture_law(fitted)
+    budget = max(p.tokens for p in fitted)
+    tolerance = float(law["tolerance"])
+    cmr = laws.critical_ratio(fit, budget, tolerance)
+    errors = laws.held_out_errors(fit, held_out)
+    plots = [law_plots.plot_mixture_fit(fit, [*fitted, *held_out], out / "mixture_law_fit.png", (budget, tolerance),
+                                        f"Mixture law, {experiment.name}").name]
+    worst = max((max(abs(e["target_relative_error"]), abs(e["general_relative_error"])) for e in errors),
+                default=None)
+    summary = {"kind": "mixture", "fit": fit.to_json(), "errors": errors, "plots": plots,
+               "critical_ratio": {"ratio": cmr, "tokens": budget, "tolerance": tolerance, "target": law["target"]},
+               "headline": {"held_out_relative_error_max": worst, "critical_ratio": cmr}}
+    (out / "law.md").write_text(law_markdown_mixture(summary, law))
+    return summary
+
+
+def law_markdown_mixture(summary: dict, law: dict) -> str:
+    fit, cmr = summary["fit"], summary["critical_ratio"]
+    params = "; ".join(f"{loss}: " + ", ".join(f"{k} = {v:.4g}" for k, v in fit[loss].items())
+                       for loss in ("target", "general"))
+    rows = [f"| {e['name']} | {e['ratio']:.3f} | {e['tokens']:,.0f} | {e['target_observed']:.4f} | "
+            f"{e['target_predicted']:.4f} ({e['target_relative_error']:+.2%}) | {e['general_observed']:.4f} | "
+            f"{e['general_predicted']:.4f} ({e['general_relative_error']:+.2%}) |" for e in summary["errors"]]
+    table = "\n".join(["| held-out point | target share | tokens | target loss | predicted | general loss | "
+                       "predicted |", "|---|---|---|---|---|---|---|", *rows])
+    return "\n\n".join([
+        "## Law fit: mixture", "Per loss: L(s, D) = E + A/(s + 0.01)^alpha + B/D^beta, s the loss's own share of the "
+        f"mix (the target domain `{law['target']}`: its ratio r; the general domains: 1 - r), D in billions of tokens "
+        "(see docs/laws.md).", f"Fitted on {', '.join(law['fit'])} (every seed, every checkpoint from step "
+        f"{law.get('min_step', 1)}): {params}.", table,
+        f"Critical mixture ratio at {cmr['tokens']:,.0f} tokens for a {cmr['tolerance']:.1%} tolerance on the general "
+        f"loss: **r = {cmr['ratio']:.3f}**. Run it as a new arm: `mixture.weights.{law['target']}=<r>` with the other "
+        "domains scaled to 1 - r (the preset's arms show how).",
+        *(f"![{Path(p).stem}]({p})" for p in summary["plots"])]) + "\n"
+
+
+FITS = {"lr_annealing": fit_lr_annealing, "mixture": fit_mixture}

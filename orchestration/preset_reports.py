@@ -18,7 +18,7 @@ from evaluation.finding_plots import plot_effects, plot_stability_gap
 from evaluation.findings import ArmInfo, Finding, Seeds, analyze, effects_table
 from orchestration.config import REPO_ROOT, load_experiment
 from orchestration.experiments import Experiment
-from orchestration.presets import Preset, load_preset
+from orchestration.presets import Preset, preset_of
 
 FINDING_MODULES = ("evaluation.findings", "evaluation.finding_plots", "orchestration.preset_reports",
                    "orchestration.presets")
@@ -45,7 +45,7 @@ def arm_info(experiment: Experiment) -> dict[str, ArmInfo]:
 
 def write_finding(experiment: Experiment, records: list[ArmRecord], out_dir: Path) -> Finding:
     """finding.json, finding.md and the finding's plots in the report's folder."""
-    preset = load_preset(experiment.preset)
+    preset = preset_of(experiment)
     arms = by_arm(experiment, records)
     finding = analyze(preset.analysis, arms, arm_info(experiment))
     plots = []
@@ -86,7 +86,7 @@ def scale_text(experiment: Experiment) -> str:
 
 def write_docs(experiment: Experiment, report_dir: Path, law_dir: Path | None, root: Path = REPO_ROOT) -> Path:
     """``docs/experiments/<experiment>.md`` and its figures, from the report (and law fit) in the lab home."""
-    preset = load_preset(experiment.preset)
+    preset = preset_of(experiment)
     page = root / "docs" / "experiments" / f"{experiment.name}.md"
     figures = page.with_suffix("")
     shutil.rmtree(figures, ignore_errors=True)

@@ -15,7 +15,6 @@ the stable run, continual pretraining from a base run): its overrides then carry
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import yaml
 
@@ -49,8 +48,11 @@ class Preset:
     baseline: str
     analysis: dict  # {"kind": <evaluation.findings analysis>, ...its parameters}
     law: dict = field(default_factory=dict)  # {"kind": lr_annealing | mixture, ...}; empty: no law fit
-    tiny: dict = field(default_factory=dict)  # {"base": [...], "arms": {name: [...]}, "seeds": [...]}
+    # The test-sized version: {"base": [...], "arms": {name: [...]}, "steps": {name: step}, "seeds": [...],
+    # "law": {...}}: base replaced; listed arms, branch steps and law keys replaced; the rest as above.
+    tiny: dict = field(default_factory=dict)
     scale_note: str = ""  # why the preset is sized as it is
+    is_tiny: bool = False
 
     def variant(self, tiny: bool) -> Preset:
         """The preset itself, or its tiny version (the test's): another base, and arms resized where listed."""
@@ -60,8 +62,8 @@ class Preset:
                                 self.tiny.get("steps", {}).get(name, arm.step), arm.mode)
                 for name, arm in self.arms.items()}
         return Preset(self.name, self.title, self.finding, self.source, list(self.tiny["base"]), arms,
-                      list(self.tiny.get("seeds", self.seeds)), self.baseline, self.analysis, self.law, {},
-                      self.scale_note)
+                      list(self.tiny.get("seeds", self.seeds)), self.baseline, self.analysis,
+                      {**self.law, **self.tiny.get("law", {})}, {}, self.scale_note, is_tiny=True)
 
 
 def preset_names() -> list[str]:
@@ -137,7 +139,13 @@ def preset_experiment(preset: Preset, extra: list[str], name: str = "") -> Exper
             for arm in _parents_first(preset) for seed in preset.seeds]
     name = name or (preset.name if not extra else default_name(extra, preset.name))
     return Experiment(name, arms, axes={"arm": list(preset.arms), "train.seed": [str(s) for s in preset.seeds]},
-                      baseline=arm_label(preset.baseline, preset.seeds[0]), preset=preset.name)
+                      baseline=arm_label(preset.baseline, preset.seeds[0]), preset=preset.name,
+                      preset_variant="tiny" if preset.is_tiny else "")
+
+
+def preset_of(experiment: Experiment) -> Preset:
+    """The preset (or its tiny version) an experiment runs."""
+    return load_preset(experiment.preset).variant(experiment.preset_variant == "tiny")
 
 
 def _parents_first(preset: Preset) -> list[PresetArm]:
@@ -179,6 +187,3 @@ def _parent_overrides(arm: Arm) -> tuple[str, ...]:
     return tuple(load_experiment(arm.overrides).parent.experiment)
 
 
-def preset_dir_doc(root: Path, preset: str) -> Path:
-    """Where a preset's committed report lives: ``docs/experiments/<preset>.md`` (plots in a folder beside it)."""
-    return root / "docs" / "experiments" / f"{preset}.md"

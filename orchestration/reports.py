@@ -51,10 +51,10 @@ def report_fingerprint(experiment: Experiment, arms: list[ArmOutputs]) -> str:
     if experiment.preset:  # a preset's report holds its finding too, and reads its law fit
         from orchestration.law_fits import latest_law_fit
         from orchestration.preset_reports import FINDING_MODULES
-        from orchestration.presets import load_preset
+        from orchestration.presets import preset_of
 
         modules += FINDING_MODULES
-        identity["analysis"] = load_preset(experiment.preset).analysis
+        identity["analysis"] = preset_of(experiment).analysis
         law = latest_law_fit(experiment)
         if law is not None:
             upstream["law_fit"] = law.content_hash
