@@ -62,7 +62,8 @@ def read_screened(filtered_dir: Path) -> list[Screened]:
     """Every kept and rejected document, kept ones first in the order the mixture reads them."""
     screened = [Screened(doc["domain"], True, text_digest(doc["text"]), True)
                 for path in iter_document_files(filtered_dir / "kept") for doc in read_documents(path)]
-    for folder in sorted(p for p in (filtered_dir / "rejected").iterdir() if p.is_dir()):
+    rejected = filtered_dir / "rejected"
+    for folder in sorted(p for p in rejected.iterdir() if p.is_dir()) if rejected.is_dir() else []:
         passed = folder.name in NOT_QUALITY
         screened += [Screened(doc["domain"], passed, text_digest(doc["text"]), False)
                      for path in iter_document_files(folder) for doc in read_documents(path)]
