@@ -192,6 +192,42 @@ class ReplayConfig:
 
 
 @dataclass
+class RehydrationConfig:
+    """Dedup-aware rebalancing, FineWeb2's "rehydration" (``curation.rehydration``): each training document is
+    repeated by the size of its duplicate cluster, as far as documents of that size pass the quality filters."""
+
+    enabled: bool = False
+    # Lower edges of the cluster-size buckets, from 1 and increasing: a bucket holds the sizes from its edge to the
+    # next edge - 1, the last one everything above (FineWeb2's table: 1, 2, 3-4, 5-99, 100-999, 1000+).
+    buckets: list[int] = field(default_factory=lambda: [1, 2, 3, 5, 100, 1000])
+    # Most times one document may appear; a bucket whose documents always pass repeats min(its edge, this).
+    max_repeats: int = 8
+    # A bucket with fewer documents than this (kept and removed) repeats once: too few to measure a pass rate.
+    min_bucket_documents: int = 10
+    # Repeat counts fixed by bucket edge, overriding the pass rates, e.g. {1000: 1} (FineWeb2: huge clusters are
+    # assumed to be spam).
+    fixed_repeats: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # At compose time (OmegaConf builds the dataclass), so a bad value fails before any stage runs.
+        edges = list(self.buckets)
+        if not edges or edges[0] != 1 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+            raise ValueError(f"mixture.rehydration.buckets must start at 1 and increase, got {edges}")
+        if self.max_repeats < 1:
+            raise ValueError(f"mixture.rehydration.max_repeats must be >= 1 (1: no upsampling), got {self.max_repeats}")
+        if self.min_bucket_documents < 1:
+            raise ValueError(f"mixture.rehydration.min_bucket_documents must be >= 1, got {self.min_bucket_documents}")
+        unknown = sorted(set(self.fixed_repeats) - set(edges))
+        if unknown:
+            raise ValueError(f"mixture.rehydration.fixed_repeats names buckets {unknown} that are not bucket edges; "
+                             f"buckets: {edges}")
+        bad = {edge: n for edge, n in self.fixed_repeats.items() if not 1 <= n <= self.max_repeats}
+        if bad:
+            raise ValueError(f"mixture.rehydration.fixed_repeats {bad}: each count must lie in [1, max_repeats="
+                             f"{self.max_repeats}] (a document is never dropped here)")
+
+
+@dataclass
 class MixtureConfig:
     # Target share of training tokens per domain (normalized); domains left out are held out of training.
     # Empty: every domain with training documents, in proportion to its training tokens.
@@ -208,3 +244,4 @@ class MixtureConfig:
     max_doc_tokens: int = 4096
     seed: int = 0
     encode_batch_size: int = 256
+    rehydration: RehydrationConfig = field(default_factory=RehydrationConfig)

@@ -66,3 +66,26 @@ def shares_within_tolerance(ledger: dict, tolerance: float) -> tuple[bool, dict]
                 worst = {"worst_share_deviation": deviation, "worst_phase": phase, "worst_domain": domain,
                          "worst_weight": row["weight"], "worst_realized_share": row["realized_share"]}
     return worst["worst_share_deviation"] <= tolerance, {"tolerance": tolerance, **worst}
+
+
+def rehydration_accounted(mixed_stats: dict) -> tuple[bool, dict]:
+    """Whether rehydration gave every training document exactly one repeat count, and the stream's documents per
+    domain are those repeats summed; passes with ``rehydration: off`` when the mixture did not rehydrate."""
+    rehydration = mixed_stats.get("rehydration")
+    if rehydration is None:
+        return True, {"rehydration": "off"}
+    unaccounted, miscounted = {}, {}
+    for domain, split in mixed_stats["domains"].items():
+        by_repeats = rehydration["documents_by_repeats"].get(domain, {})
+        documents = split.get("train", {}).get("documents", 0)
+        if sum(by_repeats.values()) != documents:
+            unaccounted[domain] = documents - sum(by_repeats.values())
+        repeated = sum(int(k) * n for k, n in by_repeats.items())
+        if repeated != rehydration["rehydrated_documents"].get(domain, 0):
+            miscounted[domain] = repeated
+    numbers = {"documents": sum(rehydration["documents"].values()),
+               "rehydrated_documents": sum(rehydration["rehydrated_documents"].values()),
+               "upsampled_documents": sum(n for by in rehydration["documents_by_repeats"].values()
+                                          for k, n in by.items() if int(k) > 1),
+               "unaccounted": unaccounted, "miscounted": miscounted}
+    return not unaccounted and not miscounted, numbers

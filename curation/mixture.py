@@ -15,6 +15,8 @@ Each phase takes whole documents (long ones as pieces of at most max_doc_tokens)
 below its target share, cycling through each domain's documents in a seeded order that carries over from phase to
 phase (upsampling repeats a domain, downsampling uses part of it). That keeps every domain's realized share within
 one document (or piece) of its target.
+With ``mixture.rehydration.enabled`` each domain's documents enter that order as often as their duplicate-cluster
+size and its filter pass rate say (``curation.rehydration``), before long ones are split.
 Source conditioning (MeCo) prepends ``source_template`` to every document of a conditioned phase; the loader
 trains on those tokens without loss. The index sidecars are described in ``curation.packing``.
 """
@@ -34,6 +36,7 @@ from curation.documents import iter_document_files, read_documents
 from curation.heldout import HELDOUT_DIR
 from curation.ledger import stream_ledger
 from curation.packing import REPLAY_STREAM, TOKEN_DTYPE, StreamIndex
+from curation.rehydration import rehydration_repeats
 from curation.tokenizer import EOS, load_tokenizer
 from curation.weights import missing_domains_error, weights_key
 
@@ -79,6 +82,14 @@ def tokenize_domains(filtered_dir: Path, tokenizer: Tokenizer, batch: int):
                     flush()
     flush()
     return docs, n_bytes
+
+
+def repeat_documents(documents: list[Document], repeats: list[int]) -> list[Document]:
+    """Each document ``repeats[i]`` times, whole (its pieces follow it); the seeded cycler spreads the copies."""
+    if len(repeats) != len(documents):
+        raise RuntimeError(f"rehydration counted {len(repeats)} kept documents of a domain, the mixture read "
+                           f"{len(documents)}: the filtered output changed while mixing; re-materialize mixed")
+    return [doc for doc, n in zip(documents, repeats, strict=True) for _ in range(n)]
 
 
 def split_long(documents: list[Document], max_tokens: int) -> list[Document]:
@@ -247,10 +258,15 @@ def build_mixture(cfg: MixtureConfig, filtered_dir: Path, tokenizer_dir: Path, o
     tokenizer = load_tokenizer(tokenizer_dir)
     docs, n_bytes = tokenize_domains(filtered_dir, tokenizer, cfg.encode_batch_size)
     domains = write_shards(docs, n_bytes, out_dir)
-    train = {d: split_long(documents, cfg.max_doc_tokens) for (d, split), documents in sorted(docs.items())
-             if split == "train"}
+    train = {d: documents for (d, split), documents in sorted(docs.items()) if split == "train"}
+    # Natural and temperature weights count each document once, rehydrated or not.
+    phases = resolve_phases(cfg, {d: sum(len(doc.tokens) for doc in documents) for d, documents in train.items()})
+    rehydration = None
+    if cfg.rehydration.enabled:
+        repeats, rehydration = rehydration_repeats(cfg.rehydration, filtered_dir)
+        train = {d: repeat_documents(documents, repeats.get(d, [])) for d, documents in train.items()}
+    train = {d: split_long(documents, cfg.max_doc_tokens) for d, documents in train.items()}
     lengths = {d: [len(doc.tokens) for doc in documents] for d, documents in train.items()}
-    phases = resolve_phases(cfg, {d: sum(n) for d, n in lengths.items()})
     replay = replay_weights(cfg.replay, set(train))
 
     rng = random.Random(cfg.seed)
@@ -271,5 +287,7 @@ def build_mixture(cfg: MixtureConfig, filtered_dir: Path, tokenizer_dir: Path, o
     trained = sorted({d for _, weights in phases for d in weights} | set(replay))
     summary = {"domains": domains, "trained_domains": trained, "ledger": ledger,
                "stream_tokens": int(index.doc_offsets[-1])}
+    if rehydration is not None:
+        summary["rehydration"] = rehydration
     (out_dir / "mixture.json").write_text(json.dumps(summary, indent=2))
     return summary

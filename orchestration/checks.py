@@ -3,6 +3,7 @@
     tokenizer   round-trips the held-out text                  blocking: a failure stops `mixed` and below
     filtered    accounts for every corpus document             blocking
     mixed       ledger shares within tolerance of the weights  warning only: small streams miss weights
+                rehydration gave each training document a count blocking
     checkpoint  training loss finite (blocking) and fell (warning)
 
 Each check reads the output of its asset's latest materialization (the ``path`` and ``stats`` its metadata
@@ -28,6 +29,7 @@ from curation.invariants import (
     accounted_documents,
     every_document_accounted,
     heldout_texts,
+    rehydration_accounted,
     round_trip,
     shares_within_tolerance,
 )
@@ -80,6 +82,10 @@ def ledger_within_tolerance(context: AssetCheckExecutionContext, node: Node) -> 
     return result(*shares_within_tolerance(mixed.stats["ledger"], tolerance), AssetCheckSeverity.WARN)
 
 
+def rehydration_accounts_for_every_document(context: AssetCheckExecutionContext, node: Node) -> AssetCheckResult:
+    return result(*rehydration_accounted(latest_output(context, node, node.path).stats))
+
+
 def loss_finite_and_falling(context: AssetCheckExecutionContext, node: Node) -> AssetCheckResult:
     checkpoint = latest_output(context, node, node.path)
     finite, fell, numbers = loss_finite_and_fell({step: row["loss"] for step, row in step_log(checkpoint.path).items()})
@@ -95,25 +101,27 @@ class CheckSpec:
     evaluate: Callable[[AssetCheckExecutionContext, Node], AssetCheckResult]
 
 
-CHECKS: dict[str, CheckSpec] = {
-    "tokenizer": CheckSpec("round_trips_heldout_text", True,
+CHECKS: dict[str, tuple[CheckSpec, ...]] = {
+    "tokenizer": (CheckSpec("round_trips_heldout_text", True,
                            "decode(encode(text)) == text on every held-out document: the tokenizer changes no text.",
-                           tokenizer_round_trips),
-    "filtered": CheckSpec("accounts_for_every_document", True,
+                           tokenizer_round_trips),),
+    "filtered": (CheckSpec("accounts_for_every_document", True,
                           "Every corpus document is kept, rejected (by a named rule) or held out: none lost.",
-                          filtered_accounts_for_every_document),
-    "mixed": CheckSpec("ledger_within_tolerance", False,
+                          filtered_accounts_for_every_document),),
+    "mixed": (CheckSpec("ledger_within_tolerance", False,
                        "Each domain's realized share of its phase is within checks.mixture_share_tolerance of its "
                        "weight (warning).", ledger_within_tolerance),
-    "checkpoint": CheckSpec("loss_finite_and_fell", True,
+              CheckSpec("rehydration_accounts_for_every_document", True,
+                        "With mixture.rehydration: every training document got one repeat count, and the repeats "
+                        "add up to the documents the stream cycles through (stats.rehydration).",
+                        rehydration_accounts_for_every_document)),
+    "checkpoint": (CheckSpec("loss_finite_and_fell", True,
                             "The training loss is finite at every logged step (ERROR, blocks eval) and the final "
-                            "loss is below the first (warning).", loss_finite_and_falling),
+                            "loss is below the first (warning).", loss_finite_and_falling),),
 }
 
 
-def node_check(node: Node) -> AssetChecksDefinition:
-    spec = CHECKS[node.stage]
-
+def node_check(node: Node, spec: CheckSpec) -> AssetChecksDefinition:
     @asset_check(asset=AssetKey(node.path), name=spec.name, blocking=spec.blocking, description=spec.description)
     def _check(context: AssetCheckExecutionContext) -> AssetCheckResult:
         return spec.evaluate(context, node)
@@ -122,5 +130,5 @@ def node_check(node: Node) -> AssetChecksDefinition:
 
 
 def asset_checks(graph: Graph) -> list[AssetChecksDefinition]:
-    """A check for every graph node of a checked stage."""
-    return [node_check(node) for node in graph.nodes.values() if node.stage in CHECKS]
+    """The checks of every graph node of a checked stage."""
+    return [node_check(node, spec) for node in graph.nodes.values() for spec in CHECKS.get(node.stage, ())]
