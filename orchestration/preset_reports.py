@@ -18,7 +18,7 @@ from evaluation.finding_plots import plot_effects, plot_stability_gap
 from evaluation.findings import ArmInfo, Finding, Seeds, analyze, effects_table
 from orchestration.config import REPO_ROOT, load_experiment
 from orchestration.experiments import Experiment
-from orchestration.presets import Preset, preset_of
+from orchestration.presets import Preset, load_preset, preset_names, preset_of
 
 FINDING_MODULES = ("evaluation.findings", "evaluation.finding_plots", "orchestration.preset_reports",
                    "orchestration.presets")
@@ -112,4 +112,22 @@ def write_docs(experiment: Experiment, report_dir: Path, law_dir: Path | None, r
         parts.append(demoted((law_dir / "law.md").read_text()))
     parts += ["## The arms compared", demoted(comparison)]
     page.write_text("\n\n".join(parts) + "\n")
+    write_index(page.parent)
     return page
+
+
+def write_index(folder: Path) -> Path:
+    """docs/experiments/README.md: every preset, linked where its page has been written."""
+    rows = []
+    for name in preset_names():
+        preset = load_preset(name)
+        page = folder / f"{name}.md"
+        status = f"[report]({page.name})" if page.is_file() else "not run yet: `lab preset " + name + "`"
+        rows.append(f"| `{name}` | {preset.title} | {preset.source} | {status} |")
+    index = folder / "README.md"
+    index.write_text("\n".join([
+        "# Research presets", "",
+        "Each page is written by `lab report <preset> --docs` from the lab home where `lab preset <preset>` ran; no "
+        "number in them is typed by hand. What a preset is and how to run one: the README's \"Research presets\".",
+        "", "| preset | finding | source | report |", "|---|---|---|---|", *rows]) + "\n")
+    return index
