@@ -20,6 +20,7 @@ from typing import Any
 
 from curation.config import CorpusConfig, FilterConfig, MixtureConfig, TokenizerConfig
 from evaluation.config import EvalConfig
+from orchestration.cluster_launch import LauncherConfig
 from training.config import ModelConfig, ParallelConfig, TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -99,6 +100,8 @@ class ExperimentConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    # Where the checkpoint's training runs (this node, Kubernetes, Slurm): in no stage's config slice.
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     parent: ParentConfig = field(default_factory=ParentConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     automation: AutomationConfig = field(default_factory=AutomationConfig)

@@ -68,26 +68,30 @@ def resolve_env(block: Any) -> Any:
     return block
 
 
-def check_reachable(label: str, database: str, **connection: Any) -> None:
-    """Connect once, with a short timeout, so that a stopped server is a clear error and not minutes of retries."""
-    import psycopg2
+def check_reachable(label: str, url: str) -> None:
+    """Connect once, with a short timeout, so that a stopped server is a clear error and not minutes of retries.
 
-    given = {key: value for key, value in connection.items() if value not in (None, "")}
+    ``url`` is a SQLAlchemy URL; what it leaves out (host, port, user, password), libpq takes from PG* variables.
+    """
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    parts = make_url(url)
+    given = {"host": parts.host, "port": parts.port, "user": parts.username, "password": parts.password}
     try:
-        psycopg2.connect(dbname=database, connect_timeout=CONNECT_TIMEOUT_S, **given).close()
+        psycopg2.connect(dbname=parts.database, connect_timeout=CONNECT_TIMEOUT_S,
+                         **{key: value for key, value in given.items() if value not in (None, "")}).close()
     except psycopg2.OperationalError as error:
         # libpq's message names the host, port, user and database, never the password.
         reason = " ".join(str(error).split())
         where = f"{os.environ.get('PGHOST', '?')}:{os.environ.get('PGPORT', '5432')}"
-        fix = (f"create it once with `createdb {database}`" if "does not exist" in reason else
+        fix = (f"create it once with `createdb {parts.database}`" if "does not exist" in reason else
                "start the server, or set PGHOST, PGPORT, PGUSER and PGPASSWORD to one that runs")
         raise ServiceError(f"{label}: PostgreSQL at {where} cannot be used ({reason}); {fix}") from None
 
 
 def check_postgres(storage: StorageConfig) -> None:
     """Every variable the profile reads is set, and both databases answer; otherwise a ServiceError naming the fix."""
-    from sqlalchemy.engine import make_url
-
     postgres = storage.dagster_storage.get("postgres")
     missing = [name for name in env_references(postgres) if name not in os.environ]
     if missing:
@@ -96,13 +100,9 @@ def check_postgres(storage: StorageConfig) -> None:
     if postgres:
         from dagster_postgres.utils import pg_url_from_config
 
-        settings = resolve_env(postgres)
-        database = settings.get("postgres_db", {}).get("db_name", "")
-        check_reachable("Dagster's instance storage", database, dsn=pg_url_from_config(settings))
+        check_reachable("Dagster's instance storage", pg_url_from_config(resolve_env(postgres)))
     if storage.mlflow_tracking_uri.startswith("postgresql"):
-        url = make_url(storage.mlflow_tracking_uri)
-        check_reachable("MLflow's tracking store", url.database or "", host=url.host, port=url.port,
-                        user=url.username, password=url.password)
+        check_reachable("MLflow's tracking store", storage.mlflow_tracking_uri)
 
 
 def prepare_mlflow_store(storage: StorageConfig, home: Path) -> None:
