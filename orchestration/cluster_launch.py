@@ -213,8 +213,9 @@ def main(argv: list[str]) -> int:
                              f"`lab materialize {' '.join(argv)}` builds them")
         paths = {stage: lab.store.path(m.stage, m.fingerprint) for stage, m in item.upstream.items()}
         parent_step = (item.config or {}).get("parent", {}).get("step")
-        job = train_job(lab.cfg, paths, lab.store.path("checkpoint", item.fingerprint), parent_step,
-                        mlflow_tracking_uri(lab.cfg.storage, lab.home))
+        # Training writes where the asset has it write: the partial folder, committed (renamed) once it is done.
+        output = lab.store.partial_path("checkpoint", item.fingerprint)
+        job = train_job(lab.cfg, paths, output, parent_step, mlflow_tracking_uri(lab.cfg.storage, lab.home))
         print(render(lab.cfg.launcher, job, job_name(lab.cfg.name, item.fingerprint), str(lab.home)), end="")
     except ValueError as error:
         print(f"lab: {error}", file=sys.stderr)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from assets.checkpoint import train_job
-from orchestration.cluster_launch import job_name, job_text_and_command, render
+from orchestration.cluster_launch import job_name, job_text_and_command, main, render
 from orchestration.config import load_experiment
 from orchestration.lineage import STAGES
 from training.job import TrainJob, launch_command
@@ -133,3 +133,10 @@ def test_the_launcher_is_in_no_stage_identity() -> None:
         assert cluster.launcher != local.launcher
         for spec in STAGES:
             assert spec.config_slice(cluster) == spec.config_slice(local), spec.name
+
+
+def test_the_spec_needs_the_checkpoints_inputs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("LAB_HOME", str(tmp_path))
+    assert main(["experiment=tiny", "launcher=slurm"]) == 2
+    assert "not materialized yet" in capsys.readouterr().err
