@@ -35,14 +35,16 @@ lint: venv
 
 # Dagster webserver (lineage, staleness, launchpad) and MLflow UI, both on 127.0.0.1.
 # webserver.json tells `lab` which webserver to ask for a reload when it records a new experiment.
+# The storage profile (LAB_STORAGE=shared: PostgreSQL) decides the instance file and MLflow's store, as for `lab`.
 ui: venv
-	@mkdir -p $(LAB_HOME)/dagster && cp dagster.yaml $(LAB_HOME)/dagster/dagster.yaml
-	@echo "Dagster: http://127.0.0.1:3000   MLflow: http://127.0.0.1:5000   (Ctrl-C stops both)"
-	@DAGSTER_HOME=$(abspath $(LAB_HOME))/dagster $(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1 -p 3000 & \
+	@dagster_home=$$($(BIN)/python -m orchestration.services dagster-home) && \
+	mlflow_uri=$$($(BIN)/python -m orchestration.services mlflow-uri) && \
+	echo "Dagster: http://127.0.0.1:3000   MLflow: http://127.0.0.1:5000   (Ctrl-C stops both)" && \
+	{ DAGSTER_HOME=$$dagster_home $(BIN)/dagster dev -m orchestration.definitions -h 127.0.0.1 -p 3000 & \
 	dagster_pid=$$!; \
-	echo '{"url": "http://127.0.0.1:3000"}' > $(LAB_HOME)/dagster/webserver.json; \
-	trap 'kill $$dagster_pid; rm -f $(LAB_HOME)/dagster/webserver.json' EXIT INT TERM; \
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(LAB_HOME))/mlflow.db -h 127.0.0.1 -p 5000
+	echo '{"url": "http://127.0.0.1:3000"}' > $$dagster_home/webserver.json; \
+	trap 'kill $$dagster_pid; rm -f $$dagster_home/webserver.json' EXIT INT TERM; \
+	$(BIN)/mlflow ui --backend-store-uri "$$mlflow_uri" -h 127.0.0.1 -p 5000; }
 
 clean:
 	rm -rf $(LAB_HOME)

@@ -14,7 +14,7 @@ from dagster import PipesSubprocessClient
 from evaluation.perplexity import list_checkpoints
 from evaluation.plots import plot_curves, plot_lr_schedule
 from evaluation.validation import curve_checkpoints
-from orchestration.config import REPO_ROOT
+from orchestration.config import REPO_ROOT, ExperimentConfig
 from orchestration.live_eval import report_checkpoints
 from orchestration.resources import StageResult, StageRun, inline_plots
 from orchestration.store import REPORT_DIR
@@ -30,19 +30,26 @@ def checkpoint_metadata(run: StageRun) -> dict:
             "arm": arm, "overrides": json.dumps(overrides)}
 
 
+def train_job(cfg: ExperimentConfig, upstream: dict[str, Path], output: Path, parent_step: int | None,
+              mlflow_tracking_uri: str | None = None, mlflow_run_id: str | None = None) -> TrainJob:
+    """The training job of the checkpoint: run here with torchrun, or rendered for a cluster (cluster_launch)."""
+    init = None
+    parent_dir = upstream.get("parent")
+    if parent_dir is not None:
+        parent_checkpoint = list_checkpoints(parent_dir)[parent_step]
+        init = InitConfig(checkpoint=str(parent_checkpoint.resolve()), mode=cfg.parent.mode)
+    return TrainJob(
+        model=cfg.model, train=cfg.train, parallel=cfg.parallel,
+        tokenizer_dir=str(upstream["tokenizer"]), train_tokens=str(upstream["mixed"] / "train_stream.bin"),
+        output_dir=str(output), mlflow_tracking_uri=mlflow_tracking_uri, mlflow_run_id=mlflow_run_id, init=init,
+    )
+
+
 def build(run: StageRun) -> StageResult:
     cfg = run.cfg
-    init = None
     parent_dir = run.upstream.get("parent")
-    if parent_dir is not None:
-        parent_step = list_checkpoints(parent_dir)[run.parent_step]
-        init = InitConfig(checkpoint=str(parent_step.resolve()), mode=cfg.parent.mode)
-    stream = run.upstream["mixed"] / "train_stream.bin"
-    job = TrainJob(
-        model=cfg.model, train=cfg.train, parallel=cfg.parallel,
-        tokenizer_dir=str(run.upstream["tokenizer"]), train_tokens=str(stream), output_dir=str(run.output),
-        mlflow_tracking_uri=run.mlflow_tracking_uri, mlflow_run_id=run.mlflow_run_id, init=init,
-    )
+    job = train_job(cfg, run.upstream, run.output, run.parent_step, run.mlflow_tracking_uri, run.mlflow_run_id)
+    stream = Path(job.train_tokens)
     # The job file names machine paths, so it lives outside the versioned output.
     with tempfile.TemporaryDirectory() as scratch:
         job_path = Path(scratch) / "job.json"

@@ -16,9 +16,11 @@ import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from curation.config import CorpusConfig, FilterConfig, MixtureConfig, TokenizerConfig
 from evaluation.config import EvalConfig
+from orchestration.cluster_launch import LauncherConfig
 from training.config import ModelConfig, ParallelConfig, TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +41,10 @@ class StorageConfig:
     dvc_remote_options: dict[str, str] = field(default_factory=dict)
     # Where people open MLflow's UI (`make ui` serves it here): Dagster's metadata links each run to it.
     mlflow_ui_url: str = "http://127.0.0.1:5000"
+    # The Dagster instance's `storage` block. Empty: dagster.yaml's own (SQLite in the lab home). The shared
+    # profile (conf/storage/shared.yaml) puts a `postgres:` block here whose connection settings are `env:`
+    # references, which Dagster resolves from the environment: never a credential in the config.
+    dagster_storage: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -94,6 +100,8 @@ class ExperimentConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    # Where the checkpoint's training runs (this node, Kubernetes, Slurm): in no stage's config slice.
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     parent: ParentConfig = field(default_factory=ParentConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     automation: AutomationConfig = field(default_factory=AutomationConfig)
@@ -101,6 +109,21 @@ class ExperimentConfig:
 
 class ConfigError(ValueError):
     """A config or override that does not fit the schema; the message names the valid choices."""
+
+
+STORAGE_PROFILE_VARIABLE = "LAB_STORAGE"
+
+
+def with_storage_profile(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """The overrides with the lab home's storage profile (``LAB_STORAGE=shared``: conf/storage/shared.yaml) first.
+
+    The Dagster instance and the MLflow store serve the whole lab home, so the profile comes from the environment,
+    like LAB_HOME, and is the same for every experiment: it is not recorded with an experiment's overrides.
+    """
+    profile = os.environ.get(STORAGE_PROFILE_VARIABLE, "")
+    if not profile or any(o.lstrip("+~").split("=")[0] == "storage" for o in overrides):
+        return list(overrides)
+    return [f"storage={profile}", *overrides]
 
 
 def lab_home(cfg: ExperimentConfig) -> Path:
@@ -112,6 +135,11 @@ def lab_home(cfg: ExperimentConfig) -> Path:
 def default_lab_home() -> Path:
     """The lab home before any experiment is composed (the list of experiments, the config cache live there)."""
     return lab_home(ExperimentConfig())
+
+
+def lab_storage() -> StorageConfig:
+    """The lab home's storage: the default composition's, under the storage profile of the environment."""
+    return load_experiment([]).storage
 
 
 def _schema_digest(node: type = ExperimentConfig) -> str:
@@ -136,13 +164,14 @@ _COMPOSED: dict[tuple[str, ...], ExperimentConfig] = {}
 
 
 def load_experiment(overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """``compose_experiment`` once per overrides: remembered in the process and cached on disk.
+    """``compose_experiment`` once per overrides (after the storage profile's): remembered in the process and
+    cached on disk.
 
     Hydra's composition takes about 0.2 s; a plan over a 50-arm sweep would spend 10 s composing. The disk cache
     (``<lab home>/cache/configs``) is keyed by the overrides, every file in ``conf/`` and the schema's shape, so
     editing an experiment file or a dataclass field composes afresh. Errors are never cached.
     """
-    key = tuple(overrides)
+    key = tuple(with_storage_profile(overrides))
     if key not in _COMPOSED:
         name = hashlib.sha256(json.dumps([key, _conf_digest(), _schema_digest()]).encode()).hexdigest()[:24]
         cached = default_lab_home() / "cache" / "configs" / f"{name}.pkl"
@@ -151,7 +180,7 @@ def load_experiment(overrides: list[str] | tuple[str, ...] = ()) -> ExperimentCo
         else:
             from orchestration.compose import compose_experiment  # Hydra: imported only when composing
 
-            _COMPOSED[key] = compose_experiment(list(overrides))[0]
+            _COMPOSED[key] = compose_experiment(list(key))[0]
             cached.parent.mkdir(parents=True, exist_ok=True)
             partial = cached.with_suffix(f".{os.getpid()}.tmp")
             partial.write_bytes(pickle.dumps(_COMPOSED[key]))

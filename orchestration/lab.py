@@ -9,8 +9,9 @@ import os
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from orchestration.config import lab_home, load_experiment
+from orchestration.config import STORAGE_PROFILE_VARIABLE, ConfigError, lab_home, lab_storage, load_experiment
 from orchestration.lineage import PlanItem, plan
+from orchestration.services import mlflow_tracking_uri
 from orchestration.store import Store
 from orchestration.versioning import DvcStore
 
@@ -24,6 +25,10 @@ class Lab:
     def __init__(self, overrides: list[str]):
         self.overrides = overrides
         self.cfg = load_experiment(overrides)
+        if self.cfg.storage.dagster_storage != lab_storage().dagster_storage:
+            # The arm would track into another MLflow store than the lab home's Dagster instance records.
+            raise ConfigError(f"{' '.join(overrides)}: the storage profile serves the whole lab home; choose it with "
+                              f"{STORAGE_PROFILE_VARIABLE}=<profile> in the environment, not with an override")
         self.home = lab_home(self.cfg)
         self.store = Store(self.home / "store")
         self.dvc = DvcStore(self.store.root, self.cfg.storage.dvc_remote or str(self.home / "dvc-remote"),
@@ -34,8 +39,8 @@ class Lab:
     def tracker(self) -> Tracker:
         from orchestration.tracking import Tracker  # MLflow: imported only where a run is tracked
 
-        uri = self.cfg.storage.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
-        return Tracker(uri, self.home / "mlartifacts", self.cfg.storage.mlflow_ui_url)
+        storage = self.cfg.storage
+        return Tracker(mlflow_tracking_uri(storage, self.home), self.home / "mlartifacts", storage.mlflow_ui_url)
 
     def plan(self) -> list[PlanItem]:
         self._plan = {item.stage: item for item in plan(self.cfg, self.store)}
