@@ -10,6 +10,8 @@
     lab preset [NAME] [--tiny] [overrides]
                                        the research presets (conf/preset/); with a name: run that preset's arms
                                        and seeds (overrides apply to every arm; --tiny: its test-sized version)
+    lab launch-spec [overrides]        the checkpoint's training job as a Kubernetes or Slurm spec
+                                       (launcher=kubernetes|slurm; see docs/scaling.md)
     lab pull                           dvc pull every recorded output into the lab home
 """
 
@@ -184,7 +186,8 @@ def run_arm(experiment_name: str, arm_name: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lab", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("command",
-                        choices=["plan", "materialize", "experiments", "report", "preset", "pull", "run-arm"])
+                        choices=["plan", "materialize", "experiments", "report", "preset", "launch-spec", "pull",
+                                 "run-arm"])
     parser.add_argument("-m", "--multirun", action="store_true", help="sweep over comma-separated values")
     parser.add_argument("--name", default="", help="the experiment's name (default: derived from the overrides)")
     parser.add_argument("--baseline", default="", help="the arm the report compares against (default: the first)")
@@ -208,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run-arm":
             experiment, *arm = args.overrides
             return 0 if run_arm(experiment, " ".join(arm)) else 1
+        if args.command == "launch-spec":
+            from orchestration import cluster_launch
+
+            return cluster_launch.main(args.overrides)
         if args.command == "pull":
             return pull(args.overrides)
         experiment = as_experiment(args.overrides, args.multirun, args.name, args.baseline)

@@ -18,7 +18,7 @@ from evaluation.finding_plots import plot_effects, plot_stability_gap
 from evaluation.findings import ArmInfo, Finding, Seeds, analyze, effects_table
 from orchestration.config import REPO_ROOT, load_experiment
 from orchestration.experiments import Experiment
-from orchestration.presets import Preset, load_preset, preset_names, preset_of
+from orchestration.presets import load_preset, preset_names, preset_of
 
 FINDING_MODULES = ("evaluation.findings", "evaluation.finding_plots", "orchestration.preset_reports",
                    "orchestration.presets")
@@ -53,7 +53,7 @@ def write_finding(experiment: Experiment, records: list[ArmRecord], out_dir: Pat
         plots.append(plot_effects(finding.effects, out_dir / "effects.png", preset.title).name)
     if "stability_gap" in preset.analysis:
         plots.append(plot_stability_gap(preset.analysis["stability_gap"], arms, out_dir / "stability_gap.png").name)
-    sections = ["## Verdicts", verdict_intro(preset), effects_table(finding.effects) if finding.effects else
+    sections = ["## Verdicts", verdict_intro(experiment), effects_table(finding.effects) if finding.effects else
                 "This preset's finding is its law fit (below).",
                 *(f"## {title}\n\n{table}" for title, table in finding.tables.items()),
                 *(f"![{Path(plot).stem}]({plot})" for plot in plots)]
@@ -62,9 +62,10 @@ def write_finding(experiment: Experiment, records: list[ArmRecord], out_dir: Pat
     return finding
 
 
-def verdict_intro(preset: Preset) -> str:
+def verdict_intro(experiment: Experiment) -> str:
+    seeds = sorted({int(arm.params["train.seed"]) for arm in experiment.arms})
     return (f"Each effect: arm minus the arm it is compared against, paired by seed, averaged over "
-            f"{len(preset.seeds)} seeds ({', '.join(map(str, preset.seeds))}); its spread is the sample standard "
+            f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}); its spread is the sample standard "
             "deviation of the paired differences. *held*: in the published direction and larger than the spread; "
             "*within spread*: in the published direction but not resolved at this scale; *not held*: the other "
             "direction.")
@@ -101,12 +102,14 @@ def write_docs(experiment: Experiment, report_dir: Path, law_dir: Path | None, r
         lines = [("#" + line if line.startswith("#") else line) for line in markdown.splitlines()]
         return "\n".join(lines).replace("](", "](" + relink).replace("](" + relink + "http", "](http")
 
-    comparison = (report_dir / "comparison.md").read_text().split("\n", 1)[1]  # without its title
+    comparison = (report_dir / "comparison.md").read_text().split("\n", 1)[1].strip()  # without its title
+    tiny = " --tiny" if preset.is_tiny else ""
+    note = "The tiny, test-sized version of the preset." if preset.is_tiny else preset.scale_note
     parts = [f"# {preset.title}", f"**Published**: {preset.finding} ({preset.source})",
-             f"**Ran here**: {scale_text(experiment)} {preset.scale_note}".strip(),
-             f"Reproduce: `lab preset {preset.name}` then `lab report {experiment.name} --docs` (this page). The "
-             "same preset on a GPU: add overrides, e.g. `lab preset "
-             f"{preset.name} model=<a larger model> parallel=gpu_fsdp`.",
+             f"**Ran here**: {scale_text(experiment)} {note}",
+             f"Reproduce: `lab preset {preset.name}{tiny}` then `lab report {experiment.name} --docs` (this page). "
+             f"The same preset on a GPU: add overrides, e.g. `lab preset {preset.name} model=<a larger model> "
+             "parallel=gpu_fsdp`.",
              demoted((report_dir / "finding.md").read_text())]
     if law_dir is not None:
         parts.append(demoted((law_dir / "law.md").read_text()))
