@@ -104,8 +104,10 @@ def materialize_law_fit(experiment: Experiment, dagster_run_id: str, log: Callab
 
 
 def _val_points(record: ArmRecord) -> dict[int, float]:
+    """The validation curve after training began (step 0, the untrained model, is no point of the law)."""
     domains = sorted(record.final)
-    return {step: token_weighted_loss(results, domains) for step, results in sorted(record.val_curve.items())}
+    return {step: token_weighted_loss(results, domains) for step, results in sorted(record.val_curve.items())
+            if step >= 1}
 
 
 def fit_lr_annealing(experiment: Experiment, law: dict, records: dict, out: Path) -> dict:
