@@ -53,8 +53,9 @@ def write_finding(experiment: Experiment, records: list[ArmRecord], out_dir: Pat
         plots.append(plot_effects(finding.effects, out_dir / "effects.png", preset.title).name)
     if "stability_gap" in preset.analysis:
         plots.append(plot_stability_gap(preset.analysis["stability_gap"], arms, out_dir / "stability_gap.png").name)
-    sections = ["## Verdicts", verdict_intro(experiment), effects_table(finding.effects) if finding.effects else
-                "This preset's finding is its law fit (below).",
+    verdicts = [verdict_intro(experiment), effects_table(finding.effects)] if finding.effects else \
+        ["This preset's finding is its law fit (below): the held-out arm's prediction error against the criterion."]
+    sections = ["## Verdicts", *verdicts,
                 *(f"## {title}\n\n{table}" for title, table in finding.tables.items()),
                 *(f"![{Path(plot).stem}]({plot})" for plot in plots)]
     (out_dir / "finding.md").write_text("\n\n".join(sections) + "\n")
