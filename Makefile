@@ -27,8 +27,11 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/lab materialize experiment=demo
 
+# Two workers, a test file each (the 2-core CI machine); then, alone, the tests that assert what happens while
+# training runs (a second worker's load would change what they observe).
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not serial"
+	$(BIN)/python -m pytest -q -m serial
 
 lint: venv
 	$(BIN)/ruff check .

@@ -21,7 +21,7 @@ from orchestration.eval_cache import CACHE_DIR
 from orchestration.store import Store
 from tests.webserver import running_daemon
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.serial]
 # One training rank, so that the evaluation runs have a core of their own on a 2-core machine.
 ARM = ["experiment=tiny", "parallel.nproc_per_node=1", "train.steps=160", "train.checkpoint_interval=40"]
 CURVE = [0, 40, 80, 120, 160]  # the untrained start and every saved checkpoint
