@@ -45,13 +45,14 @@ def lr_series(cfg: ExperimentConfig) -> list[float]:
     return [cfg.train.lr * lr_factor(schedule, step) for step in range(cfg.train.steps)]
 
 
-def _inputs(experiment: Experiment):
-    from orchestration.reports import arm_outputs, arm_record, missing_outputs
+def _inputs(experiment: Experiment) -> tuple[dict, list, list[str]]:
+    """The law, the outputs of the arms it fits and predicts, and those still missing."""
+    from orchestration.reports import arm_outputs, missing_outputs  # reports reads the law fit: imported late
 
     law = preset_of(experiment).law
     wanted = set(law["fit"]) | set(law.get("predict", []))
     arms = [arm for arm in arm_outputs(experiment) if experiment_arm(experiment, arm.name).params["arm"] in wanted]
-    return law, arms, missing_outputs(arms), arm_record
+    return law, arms, missing_outputs(arms)
 
 
 def experiment_arm(experiment: Experiment, name: str):
@@ -68,7 +69,7 @@ def latest_law_fit(experiment: Experiment) -> Manifest | None:
     """The law fit of the experiment's current outputs, if it was materialized (None also when it has no law)."""
     if not experiment.preset or not preset_of(experiment).law:
         return None
-    law, arms, missing, _ = _inputs(experiment)
+    law, arms, missing = _inputs(experiment)
     if missing:
         return None
     return lab_for(experiment.arms[0].overrides).store.find("law_fit", law_fingerprint(experiment, law, arms))
@@ -81,7 +82,9 @@ def law_dir(experiment: Experiment) -> Path | None:
 
 
 def materialize_law_fit(experiment: Experiment, dagster_run_id: str, log: Callable[[str], None]) -> LawFit:
-    law, arms, missing, arm_record = _inputs(experiment)
+    from orchestration.reports import arm_record
+
+    law, arms, missing = _inputs(experiment)
     if missing:
         raise RuntimeError(f"the law fit of {experiment.name} needs its arms' checkpoint and eval; missing: "
                            f"{', '.join(missing)}. Materialize the experiment (`lab preset` or its job) first")
