@@ -127,8 +127,7 @@ def fit_lr_annealing(experiment: Experiment, law: dict, records: dict, out: Path
         cfg = load_experiment([*base, *overrides])
         predicted = fit.predict(lr_series(cfg), [cfg.train.steps])[cfg.train.steps]
         candidates[name] = {"overrides": overrides, "steps": cfg.train.steps, "predicted_final_loss": predicted}
-    plots = [law_plots.plot_annealing_fit(fit, [*fitted, *held_out], out / "lr_annealing_fit.png",
-                                          f"LR-annealing law, {experiment.name}").name]
+    plots = [law_plots.plot_annealing_fit(fit, [*fitted, *held_out], out / "lr_annealing_fit.png").name]
     worst = max((abs(e["final_relative_error"]) for e in errors.values()), default=None)
     summary = {"kind": "lr_annealing", "fit": fit.to_json(), "errors": errors, "candidates": candidates,
                "plots": plots, "headline": {"final_relative_error_max": worst, "criterion": law.get("criterion")}}
@@ -196,8 +195,8 @@ def fit_mixture(experiment: Experiment, law: dict, records: dict, out: Path) -> 
     tolerance = float(law["tolerance"])
     cmr = laws.critical_ratio(fit, budget, tolerance)
     errors = laws.held_out_errors(fit, held_out)
-    plots = [law_plots.plot_mixture_fit(fit, [*fitted, *held_out], out / "mixture_law_fit.png", (budget, tolerance),
-                                        f"Mixture law, {experiment.name}").name]
+    plots = [law_plots.plot_mixture_fit(fit, [*fitted, *held_out], out / "mixture_law_fit.png",
+                                        (budget, tolerance)).name]
     worst = max((max(abs(e["target_relative_error"]), abs(e["general_relative_error"])) for e in errors),
                 default=None)
     summary = {"kind": "mixture", "fit": fit.to_json(), "errors": errors, "plots": plots,
