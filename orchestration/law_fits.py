@@ -129,7 +129,11 @@ def fit_lr_annealing(experiment: Experiment, law: dict, records: dict, out: Path
         candidates[name] = {"overrides": overrides, "steps": cfg.train.steps, "predicted_final_loss": predicted}
     plots = [law_plots.plot_annealing_fit(fit, [*fitted, *held_out], out / "lr_annealing_fit.png").name]
     worst = max((abs(e["final_relative_error"]) for e in errors.values()), default=None)
+    # How much of each fitted curve's final loss the annealing term explains: small at a scale far from convergence.
+    annealing = {curve.name: fit.C * float(laws.annealing_areas(curve.lrs, fit.lr_scale, fit.decay)[1][-1])
+                 for curve in fitted}
     summary = {"kind": "lr_annealing", "fit": fit.to_json(), "errors": errors, "candidates": candidates,
+               "annealing_term": annealing,
                "plots": plots, "headline": {"final_relative_error_max": worst, "criterion": law.get("criterion")}}
     (out / "law.md").write_text(law_markdown_annealing(summary, law))
     return summary
@@ -152,9 +156,15 @@ def law_markdown_annealing(summary: dict, law: dict) -> str:
     verdict = "" if criterion is None or worst is None else (
         f"Criterion: the held-out final loss within {criterion:.0%}: **{'met' if worst <= criterion else 'missed'}** "
         f"(worst {worst:.2%}).")
+    term = summary["annealing_term"]
+    reading = (f"At the end of the fitted runs the annealing term C·S2 is worth "
+               f"{min(term.values()):.3f} to {max(term.values()):.3f} nats"
+               + (", and L0 sits at its lower bound (0): at this scale the curves are far from an asymptote, so "
+                  "the forward area S1 explains most of the curve and the law favours schedules that keep the "
+                  "learning rate high." if fit["L0"] < 1e-6 else "."))
     lines = ["## Law fit: LR annealing", "L(s) = L0 + A·S1(s)^(-alpha) - C·S2(s) (S1: the LR's forward area, S2: "
              "its annealing area with momentum; see docs/laws.md).", f"Fitted on {', '.join(law['fit'])} (every "
-             f"seed), {len(fit.get('fitted_on', []))} curves: {params}.",
+             f"seed), {len(fit.get('fitted_on', []))} curves: {params}. {reading}",
              "\n".join(["| held-out arm | observed final loss | predicted | error | mean abs. error over the curve "
                         "| max |", "|---|---|---|---|---|---|", *rows]), verdict]
     if summary["candidates"]:
