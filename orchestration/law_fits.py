@@ -231,8 +231,8 @@ def law_markdown_mixture(summary: dict, law: dict) -> str:
         "(see docs/laws.md).", f"Fitted on {', '.join(law['fit'])} (every seed, every checkpoint from step "
         f"{law.get('min_step', 1)}): {params}.", table,
         f"Critical mixture ratio at {cmr['tokens']:,.0f} tokens for a {cmr['tolerance']:.1%} tolerance on the general "
-        f"loss: **r = {cmr['ratio']:.3f}**. Run it as a new arm: `mixture.weights.{law['target']}=<r>` with the other "
-        "domains scaled to 1 - r (the preset's arms show how).",
+        f"loss: **r = {cmr['ratio']:.3f}**. Run it as a new arm: `mixture.weights.{law['target']}={cmr['ratio']:.3f}` "
+        f"with the other domains scaled to {1 - cmr['ratio']:.3f} in total (the preset's arms show how).",
         *(f"![{Path(p).stem}]({p})" for p in summary["plots"])]) + "\n"
 
 
