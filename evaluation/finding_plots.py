@@ -6,7 +6,7 @@ from pathlib import Path
 
 from evaluation.compare import token_weighted_loss
 from evaluation.compare_plots import _save, plt
-from evaluation.findings import Effect, Seeds, domains_of
+from evaluation.findings import Effect, Seeds, domains_label, domains_of
 
 VERDICT_COLORS = {"held": "tab:green", "within spread": "tab:orange"}
 
@@ -41,7 +41,7 @@ def plot_stability_gap(spec: dict, arms: dict[str, Seeds], path: Path) -> Path:
                     color=colors[index % len(colors)], linestyle="-" if seed == min(arms[arm]) else "--",
                     label=f"{arm} seed={seed}")
     ax.set_xlabel("steps after the start")
-    ax.set_ylabel(f"validation loss on {spec['domains']}")
+    ax.set_ylabel(f"validation loss, {domains_label(spec['domains'])}")
     ax.set_title("Stability gap: the old domains' loss in the first steps of continual pretraining", fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, path)

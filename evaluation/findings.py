@@ -95,12 +95,16 @@ def final_loss(record: ArmRecord, domains: str | list | dict = "all") -> float:
     return loss
 
 
-def metric_name(domains: str | list | dict) -> str:
+def domains_label(domains: str | list | dict) -> str:
     if domains == "all":
-        return "final validation loss, all domains"
+        return "all domains"
     if isinstance(domains, dict):
-        return f"final validation loss, all domains but {', '.join(domains['except'])}"
-    return f"final validation loss, {', '.join(domains)}"
+        return f"all domains but {', '.join(domains['except'])}"
+    return ", ".join(domains)
+
+
+def metric_name(domains: str | list | dict) -> str:
+    return f"final validation loss, {domains_label(domains)}"
 
 
 def effect(spec: dict, arms: dict[str, Seeds]) -> Effect:
@@ -196,8 +200,8 @@ def _match_table(rows: list[dict]) -> str:
 
 
 def _gap_table(rows: list[dict], spec: dict) -> str:
-    return _table(["arm", "seed", "start step", f"loss on {spec['domains']} at start", "worst early loss",
-                   "at step", "gap", "final"],
+    return _table(["arm", "seed", "start step", f"loss on {domains_label(spec['domains'])} at start",
+                   "worst early loss", "at step", "gap", "final"],
                   [[r["arm"], str(r["seed"]), str(r["start_step"]), f"{r['start_loss']:.4f}",
                     f"{r['worst_loss']:.4f}", str(r["worst_step"]), _signed(r["gap"]), f"{r['final_loss']:.4f}"]
                    for r in rows])

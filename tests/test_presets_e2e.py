@@ -43,12 +43,13 @@ def test_a_tiny_preset_runs_and_its_report_is_written_from_the_lab_home(lab: Pat
     for effect in finding["effects"]:  # every effect with its verdict, from the lab home's numbers
         assert effect["name"] in text and effect["verdict"] in text and effect["seeds"] >= 1
     figures = {path.name for path in page.with_suffix("").iterdir()}
-    assert {"val_loss.png"} <= figures or any(f.endswith(".png") for f in figures)
+    assert "val_loss.png" in figures and ("effects.png" in figures) == bool(finding["effects"])
     for link in [line.split("](", 1)[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]:
         assert (page.parent / link).is_file(), f"{link} is linked from the page but missing"
     law = law_dir(experiment)
     if name in ("lr_annealing_law", "mixture_law"):
         summary = json.loads((law / "law.json").read_text())
         assert "## Law fit" in text and summary["errors"], "the held-out arm's prediction error is reported"
+        assert set(summary["plots"]) <= figures
     else:
         assert law is None and finding["effects"]
