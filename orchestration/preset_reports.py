@@ -112,6 +112,8 @@ def write_docs(experiment: Experiment, report_dir: Path, law_dir: Path | None, r
              f"The same preset on a GPU: add overrides, e.g. `lab preset {preset.name} model=<a larger model> "
              "parallel=gpu_fsdp`.",
              demoted((report_dir / "finding.md").read_text())]
+    if preset.notes and not preset.is_tiny:
+        parts.append(f"**Reading the result at this scale**: {preset.notes}")
     if law_dir is not None:
         parts.append(demoted((law_dir / "law.md").read_text()))
     parts += ["## The arms compared", demoted(comparison)]

@@ -23,8 +23,8 @@ from orchestration.experiments import Arm, Experiment, default_name
 
 PRESET_DIR = CONF_DIR / "preset"
 ARM_KEYS = {"overrides", "parent", "step", "mode"}
-PRESET_KEYS = {"title", "finding", "source", "scale_note", "base", "tiny", "seeds", "baseline", "arms", "analysis",
-               "law"}
+PRESET_KEYS = {"title", "finding", "source", "scale_note", "notes", "base", "tiny", "seeds", "baseline", "arms",
+               "analysis", "law"}
 
 
 @dataclass
@@ -52,6 +52,7 @@ class Preset:
     # "law": {...}}: base replaced; listed arms, branch steps and law keys replaced; the rest as above.
     tiny: dict = field(default_factory=dict)
     scale_note: str = ""  # why the preset is sized as it is
+    notes: str = ""  # how to read the result at this scale (words only: every number comes from the lab home)
     is_tiny: bool = False
 
     def variant(self, tiny: bool) -> Preset:
@@ -63,7 +64,7 @@ class Preset:
                 for name, arm in self.arms.items()}
         return Preset(self.name, self.title, self.finding, self.source, list(self.tiny["base"]), arms,
                       list(self.tiny.get("seeds", self.seeds)), self.baseline, self.analysis,
-                      {**self.law, **self.tiny.get("law", {})}, {}, self.scale_note, is_tiny=True)
+                      {**self.law, **self.tiny.get("law", {})}, {}, self.scale_note, self.notes, is_tiny=True)
 
 
 def preset_names() -> list[str]:
@@ -82,7 +83,8 @@ def load_preset(name: str) -> Preset:
     arms = {arm_name: _arm(path.name, arm_name, spec) for arm_name, spec in raw["arms"].items()}
     preset = Preset(name, raw["title"], raw["finding"], raw["source"], list(raw["base"]), arms,
                     [int(s) for s in raw.get("seeds", [0, 1])], raw["baseline"], dict(raw["analysis"]),
-                    dict(raw.get("law") or {}), dict(raw.get("tiny") or {}), raw.get("scale_note", ""))
+                    dict(raw.get("law") or {}), dict(raw.get("tiny") or {}), raw.get("scale_note", ""),
+                    raw.get("notes", ""))
     _check(path.name, preset)
     return preset
 
