@@ -1,0 +1,166 @@
+"""The store on S3 (moto_server on 127.0.0.1): the ordered upload keeps the atomic commit, the cache is bounded, and an
+endpoint that goes away mid-upload is a clear error after which a retry commits, with nothing partial visible."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from orchestration.object_store import ObjectStore, ObjectStoreError
+from orchestration.store import MANIFEST, Manifest, Store, content_hash
+from tests.conftest import free_port
+
+
+def manifest(stage: str, fp: str) -> Manifest:
+    return Manifest(stage=stage, fingerprint=fp, content_hash="", code_version="c", config={}, upstream={},
+                    stats={"n": 1})
+
+
+def writer(payload: bytes) -> callable:
+    def build(folder: Path) -> Manifest:
+        (folder / "data").mkdir()
+        (folder / "data" / "a.bin").write_bytes(payload)
+        (folder / "b.txt").write_bytes(payload[::-1])
+        return manifest("stage", "fp")
+    return build
+
+
+def s3_store(url: str, cache: Path, bound: int = 1 << 30) -> Store:
+    remote = ObjectStore(url, cache, bound)
+    return Store(cache, remote)
+
+
+def keys(endpoint: str, bucket: str) -> set[str]:
+    listed = boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket=bucket).get("Contents", [])
+    return {item["Key"] for item in listed}
+
+
+@pytest.fixture()
+def s3_env(monkeypatch: pytest.MonkeyPatch, s3_endpoint: str) -> str:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)  # the endpoint only from the environment, as a user sets it
+    return s3_endpoint
+
+
+def test_commit_uploads_and_another_host_reads_it_back(tmp_path: Path, s3_env: str, s3_bucket: str) -> None:
+    url = f"s3://{s3_bucket}/lab"
+    committed = s3_store(url, tmp_path / "host1").commit("stage", "fp", writer(b"payload"))
+    assert keys(s3_env, s3_bucket) == {"lab/stage/fp/data/a.bin", "lab/stage/fp/b.txt", f"lab/stage/fp/{MANIFEST}"}
+    other = s3_store(url, tmp_path / "host2")  # an empty cache: what another machine sees
+    assert other.find("stage", "fp") == committed and other.list("stage") == [committed]
+    folder = other.path("stage", "fp")
+    assert folder == tmp_path / "host2" / "stage" / "fp"
+    assert content_hash(folder) == committed.content_hash and (folder / "data" / "a.bin").read_bytes() == b"payload"
+
+
+def test_a_partial_upload_is_invisible_and_the_retry_replaces_it(tmp_path: Path, s3_env: str, s3_bucket: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    store = s3_store(f"s3://{s3_bucket}/lab", tmp_path / "cache")
+    real_put, calls = store.remote.fs.put_file, []
+
+    def dies_after_one(local: str, remote: str) -> None:
+        if calls:
+            raise ConnectionError("killed mid-upload")
+        calls.append(remote)
+        real_put(local, remote)
+
+    monkeypatch.setattr(store.remote.fs, "put_file", dies_after_one)
+    with pytest.raises(ObjectStoreError, match="nothing partial is visible as committed"):
+        store.commit("stage", "fp", writer(b"first"))
+    assert len(keys(s3_env, s3_bucket)) == 1  # one content file up, no manifest
+    assert store.find("stage", "fp") is None and store.list("stage") == []
+    assert s3_store(f"s3://{s3_bucket}/lab", tmp_path / "elsewhere").path("stage", "fp").exists() is False
+
+    monkeypatch.setattr(store.remote.fs, "put_file", real_put)
+    committed = store.commit("stage", "fp", writer(b"second"))
+    assert store.find("stage", "fp") == committed
+    fresh = s3_store(f"s3://{s3_bucket}/lab", tmp_path / "fresh").path("stage", "fp")
+    assert (fresh / "data" / "a.bin").read_bytes() == b"second"
+
+
+def test_the_cache_is_bounded(tmp_path: Path, s3_env: str, s3_bucket: str) -> None:
+    url = f"s3://{s3_bucket}/lab"
+    writer_store = s3_store(url, tmp_path / "writer")
+    for fp, size in (("one", 4000), ("two", 4000)):
+        writer_store.commit("stage", fp, lambda folder, fp=fp, size=size: (
+            (folder / "x.bin").write_bytes(b"x" * size), manifest("stage", fp))[1])
+    cache = tmp_path / "reader"
+    s3_store(url, cache, bound=6000).path("stage", "one")  # a process that read `one`
+    assert (cache / "stage" / "one" / MANIFEST).is_file()
+    s3_store(url, cache, bound=6000).path("stage", "two")  # the next process reads `two`: `one` no longer fits
+    assert not (cache / "stage" / "one").exists() and (cache / "stage" / "two" / MANIFEST).is_file()
+    assert (s3_store(url, cache, bound=6000).path("stage", "one") / "x.bin").stat().st_size == 4000
+
+
+class Endpoint:
+    """A TCP proxy in front of moto_server that can be stopped and started again: the endpoint going away and
+    coming back, from the client's side, while moto keeps its buckets."""
+
+    def __init__(self, target_port: int):
+        self.target_port, self.port = target_port, free_port()
+        self.listener: socket.socket | None = None
+
+    def start(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        assert self.listener is not None
+        self.listener.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+
+@pytest.fixture()
+def endpoint(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Endpoint]:
+    proxy = Endpoint(int(s3_endpoint.rsplit(":", 1)[1]))
+    proxy.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")  # fail in seconds, not minutes of retries
+    yield proxy
+
+
+def test_the_endpoint_gone_mid_upload_is_a_clear_error_and_a_retry_commits(
+        tmp_path: Path, endpoint: Endpoint, s3_endpoint: str, s3_bucket: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    store = s3_store(f"s3://{s3_bucket}/lab", tmp_path / "cache")
+    real_put = store.remote.fs.put_file
+
+    def endpoint_stops_after_first_file(local: str, remote: str) -> None:
+        real_put(local, remote)
+        endpoint.stop()
+
+    monkeypatch.setattr(store.remote.fs, "put_file", endpoint_stops_after_first_file)
+    with pytest.raises(ObjectStoreError, match=f"s3://{s3_bucket}/lab/stage/fp failed.*AWS_ENDPOINT_URL"):
+        store.commit("stage", "fp", writer(b"payload"))
+    assert f"lab/stage/fp/{MANIFEST}" not in keys(s3_endpoint, s3_bucket)  # half an output, no commit marker
+    with pytest.raises(ObjectStoreError, match="reading"):
+        store.find("stage", "fp")  # while it is down: an error, not "not there"
+
+    endpoint.start()
+    monkeypatch.setattr(store.remote.fs, "put_file", real_put)
+    assert store.find("stage", "fp") is None
+    committed = store.commit("stage", "fp", writer(b"payload"))
+    assert s3_store(f"s3://{s3_bucket}/lab", tmp_path / "other").find("stage", "fp") == committed
