@@ -3,8 +3,6 @@ endpoint that goes away mid-upload is a clear error after which a retry commits,
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 
 from orchestration.object_store import ObjectStore, ObjectStoreError
 from orchestration.store import MANIFEST, Manifest, Store, content_hash
-from tests.conftest import free_port
+from tests.s3_proxy import EndpointProxy
 
 
 def manifest(stage: str, fp: str) -> Manifest:
@@ -96,54 +94,17 @@ def test_the_cache_is_bounded(tmp_path: Path, s3_env: str, s3_bucket: str) -> No
     assert (s3_store(url, cache, bound=6000).path("stage", "one") / "x.bin").stat().st_size == 4000
 
 
-class Endpoint:
-    """A TCP proxy in front of moto_server that can be stopped and started again: the endpoint going away and
-    coming back, from the client's side, while moto keeps its buckets."""
-
-    def __init__(self, target_port: int):
-        self.target_port, self.port = target_port, free_port()
-        self.listener: socket.socket | None = None
-
-    def start(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
-
-    def stop(self) -> None:
-        assert self.listener is not None
-        self.listener.close()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(1 << 16):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            sink.close()
-
-
 @pytest.fixture()
-def endpoint(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Endpoint]:
-    proxy = Endpoint(int(s3_endpoint.rsplit(":", 1)[1]))
+def endpoint(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[EndpointProxy]:
+    proxy = EndpointProxy(int(s3_endpoint.rsplit(":", 1)[1]))
     proxy.start()
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")  # fail in seconds, not minutes of retries
     yield proxy
 
 
 def test_the_endpoint_gone_mid_upload_is_a_clear_error_and_a_retry_commits(
-        tmp_path: Path, endpoint: Endpoint, s3_endpoint: str, s3_bucket: str,
+        tmp_path: Path, endpoint: EndpointProxy, s3_endpoint: str, s3_bucket: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     store = s3_store(f"s3://{s3_bucket}/lab", tmp_path / "cache")
     real_put = store.remote.fs.put_file
