@@ -92,17 +92,10 @@ class ObjectStore:
     def upload(self, folder: Path, stage: str, fp: str) -> None:
         """Commit ``folder`` as ``<stage>/<fp>``: remove what an earlier, cut-short upload left, upload every
         content file, then the manifest (the commit marker)."""
-        prefix = self.key(stage, fp)
-        try:
-            self.fs.invalidate_cache(prefix)
-            if self.fs.exists(prefix):
-                self.fs.rm(prefix, recursive=True)
-            files = sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() != MANIFEST)
-            for path in files:
-                self.fs.put_file(str(path), posixpath.join(prefix, path.relative_to(folder).as_posix()))
-            self.fs.put_file(str(folder / MANIFEST), posixpath.join(prefix, MANIFEST))
-        except self.errors as error:
-            raise _fs_error(f"{self.url}/{stage}/{fp}", "uploading to", error) from error
+        self.remove(stage, fp)
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() != MANIFEST)
+        for path in [*files, folder / MANIFEST]:
+            self.put_file(path, stage, fp, path.relative_to(folder).as_posix())
 
     def local(self, stage: str, fp: str) -> Path:
         """The output's folder in the cache, downloaded first if it is committed and not cached yet."""
@@ -117,18 +110,38 @@ class ObjectStore:
             self._used.add(folder)
         return folder
 
+    def names(self, *parts: str) -> list[str]:
+        """The relative names of every object under ``<url>/<parts>/``."""
+        prefix = self.key(*parts)
+        try:
+            self.fs.invalidate_cache(prefix)
+            return sorted(path[len(prefix) + 1:] for path in self.fs.find(prefix))
+        except self.errors as error:
+            raise _fs_error(f"{self.url}/{'/'.join(parts)}", "listing", error) from error
+
+    def download(self, names: list[str], folder: Path, *parts: str) -> None:
+        """Objects ``<parts>/<name>`` into ``folder``, in the order given (a commit marker last)."""
+        try:
+            for name in names:
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                self.fs.get_file(self.key(*parts, name), str(folder / name))
+        except self.errors as error:
+            raise _fs_error(f"{self.url}/{'/'.join(parts)}", "downloading", error) from error
+
+    def remove(self, *parts: str) -> None:
+        """Every object under ``<parts>/``, if any."""
+        prefix = self.key(*parts)
+        try:
+            self.fs.invalidate_cache(prefix)
+            if self.fs.exists(prefix):
+                self.fs.rm(prefix, recursive=True)
+        except self.errors as error:
+            raise _fs_error(f"{self.url}/{'/'.join(parts)}", "deleting", error) from error
+
     def _download(self, stage: str, fp: str, folder: Path) -> None:
         staging = folder.with_name(f".fetching-{fp}")
         shutil.rmtree(staging, ignore_errors=True)
-        prefix = self.key(stage, fp)
-        try:
-            remote = sorted(self.fs.find(prefix))
-            names = [path[len(prefix) + 1:] for path in remote]
-            for path, name in sorted(zip(remote, names, strict=True), key=lambda pair: pair[1] == MANIFEST):
-                (staging / name).parent.mkdir(parents=True, exist_ok=True)
-                self.fs.get_file(path, str(staging / name))
-        except self.errors as error:
-            raise _fs_error(f"{self.url}/{stage}/{fp}", "downloading", error) from error
+        self.download(sorted(self.names(stage, fp), key=lambda name: name == MANIFEST), staging, stage, fp)
         staging.rename(folder)
 
     def committed_locally(self, folder: Path) -> None:

@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from orchestration.checkpoint_mirror import partial_name, restore_complete_steps
 from orchestration.leases import Holder, LeaseTiming, hold_lease
 from orchestration.object_store import MANIFEST, ObjectStore
 
@@ -128,7 +129,7 @@ class Store:
 
     def partial_path(self, stage: str, fp: str) -> Path:
         # Deterministic, so a stage that can resume (training) finds its own interrupted work again.
-        return self.root / stage / f".partial-{fp}"
+        return self.root / stage / partial_name(fp)
 
     def lease(
         self, stage: str, fp: str, holder: str, on_wait: Callable[[str], None] | None = None,
@@ -153,6 +154,8 @@ class Store:
         partial = self.partial_path(stage, fp)
         if partial.exists() and not keep_partial:
             shutil.rmtree(partial)
+        if keep_partial and self.remote is not None and not partial.exists():
+            restore_complete_steps(self.remote, partial, stage, fp)  # interrupted on another host, or evicted
         partial.mkdir(parents=True, exist_ok=True)
         started = time.time()
         manifest = build(partial)
@@ -168,5 +171,7 @@ class Store:
             partial.rename(final)
         if self.remote is not None:
             self.remote.committed_locally(final)
+            if keep_partial:
+                self.remote.remove(stage, partial_name(fp))  # the mirrored partial (orchestration.checkpoint_mirror)
         self._listed.pop(stage, None)
         return Manifest.load(final)

@@ -1,12 +1,14 @@
 """A TCP proxy in front of moto_server that can be stopped and started again: the S3 endpoint going away and coming
 back, as a client sees it (connections refused), while moto keeps its buckets in memory.
 
-``stop_on`` stops it at a chosen request, e.g. the first upload into the checkpoint output: the endpoint then goes
-away in the middle of a materialization, at the same point in every run (no timing).
+``stop_on`` (a regular expression over the bytes a client sends) stops it at a chosen request, e.g. the first upload
+into the checkpoint output: the endpoint then goes away in the middle of a materialization, at the same point in
+every run (no timing).
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 
@@ -14,7 +16,7 @@ from tests.conftest import free_port
 
 
 class EndpointProxy:
-    def __init__(self, target_port: int, stop_on: bytes = b""):
+    def __init__(self, target_port: int, stop_on: re.Pattern[bytes] | None = None):
         self.target_port, self.port, self.stop_on = target_port, free_port(), stop_on
         self.listener: socket.socket | None = None
         self.stopped_on_request = threading.Event()
@@ -44,7 +46,7 @@ class EndpointProxy:
     def _pipe(self, source: socket.socket, sink: socket.socket, from_client: bool) -> None:
         try:
             while data := source.recv(1 << 16):
-                if from_client and self.stop_on and self.stop_on in data and not self.stopped_on_request.is_set():
+                if from_client and self.stop_on and self.stop_on.search(data) and not self.stopped_on_request.is_set():
                     self.stopped_on_request.set()
                     self.stop()  # the endpoint goes away; this request never reaches it
                     break

@@ -3,12 +3,14 @@ endpoint that goes away mid-upload is a clear error after which a retry commits,
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
 
+from orchestration.checkpoint_mirror import mirror_checkpoints
 from orchestration.object_store import ObjectStore, ObjectStoreError
 from orchestration.store import MANIFEST, Manifest, Store, content_hash
 from tests.s3_proxy import EndpointProxy
@@ -114,7 +116,7 @@ def test_the_endpoint_gone_mid_upload_is_a_clear_error_and_a_retry_commits(
         endpoint.stop()
 
     monkeypatch.setattr(store.remote.fs, "put_file", endpoint_stops_after_first_file)
-    with pytest.raises(ObjectStoreError, match=f"s3://{s3_bucket}/lab/stage/fp failed.*AWS_ENDPOINT_URL"):
+    with pytest.raises(ObjectStoreError, match=f"s3://{s3_bucket}/lab/stage/fp/.* failed.*AWS_ENDPOINT_URL"):
         store.commit("stage", "fp", writer(b"payload"))
     assert f"lab/stage/fp/{MANIFEST}" not in keys(s3_endpoint, s3_bucket)  # half an output, no commit marker
     with pytest.raises(ObjectStoreError, match="reading"):
@@ -125,3 +127,43 @@ def test_the_endpoint_gone_mid_upload_is_a_clear_error_and_a_retry_commits(
     assert store.find("stage", "fp") is None
     committed = store.commit("stage", "fp", writer(b"payload"))
     assert s3_store(f"s3://{s3_bucket}/lab", tmp_path / "other").find("stage", "fp") == committed
+
+
+def dcp_step(partial: Path, step: int, complete: bool) -> None:
+    folder = partial / "checkpoint" / f"step-{step}"
+    folder.mkdir(parents=True)
+    (folder / "__0_0.distcp").write_bytes(f"shard {step}".encode())
+    if complete:
+        (folder / ".metadata").write_bytes(f"metadata {step}".encode())
+
+
+def test_a_run_killed_while_checkpointing_resumes_on_another_host_from_the_last_complete_step(
+        tmp_path: Path, s3_env: str, s3_bucket: str) -> None:
+    url = f"s3://{s3_bucket}/lab"
+    host1 = s3_store(url, tmp_path / "host1")
+    partial = host1.partial_path("checkpoint", "fp")
+    partial.mkdir(parents=True)
+    with pytest.raises(RuntimeError, match="rank 1 killed"), \
+            mirror_checkpoints(host1.remote, partial, "checkpoint", "fp"):
+        (partial / "train_steps.jsonl").write_text('{"step": 1}\n{"step": 2}\n')
+        dcp_step(partial, 1, complete=True)
+        dcp_step(partial, 2, complete=True)
+        dcp_step(partial, 3, complete=False)  # the save the kill cut short
+        raise RuntimeError("rank 1 killed")
+    mirrored = host1.remote.names("checkpoint", ".partial-fp")
+    assert "checkpoint/step-2/.metadata" in mirrored and not any("step-3" in name for name in mirrored)
+    host1.remote.put_file(partial / "checkpoint/step-3/__0_0.distcp", "checkpoint", ".partial-fp",
+                          "checkpoint/step-3/__0_0.distcp")  # an upload of step 3 cut short, had it completed
+    assert host1.find("checkpoint", "fp") is None  # a mirrored partial is not an output
+
+    def resume(folder: Path) -> Manifest:
+        assert sorted(p.name for p in (folder / "checkpoint").iterdir()) == ["step-1", "step-2"]
+        assert (folder / "train_steps.jsonl").read_text().count("step") == 2
+        shutil.rmtree(folder / "checkpoint" / "step-2")  # stands for training on from step 2 to the end
+        dcp_step(folder, 2, complete=True)
+        dcp_step(folder, 4, complete=True)
+        return manifest("checkpoint", "fp")
+
+    committed = s3_store(url, tmp_path / "host2").commit("checkpoint", "fp", resume, keep_partial=True)
+    assert host1.find("checkpoint", "fp") == committed
+    assert host1.remote.names("checkpoint", ".partial-fp") == []  # the mirror is gone once committed

@@ -1,17 +1,21 @@
 """The tiny lineage on the S3-and-PostgreSQL profile (moto_server and a throwaway PostgreSQL on 127.0.0.1), with fake
 credentials in the environment.
 
-One lineage, two runs: in the first the S3 endpoint goes away at the first upload of the checkpoint output (a proxy
-in front of moto stops there), which fails with a clear error and leaves nothing visible as committed; the endpoint
-comes back and the second run commits everything. Then: every output, DVC object and MLflow artifact is in the
-bucket, the history is in PostgreSQL, the lab home holds only caches, and no credential value is in MLflow, Dagster's
-event log, the bucket (manifests, DVC pointers and config, artifacts), the lab home or the logs.
+One lineage, two runs: in the first the S3 endpoint goes away at the first upload of the checkpoint output's commit (a
+proxy in front of moto stops there), which fails with a clear error and leaves nothing visible as committed; the
+training's checkpoints were mirrored to the bucket as they landed. The local partial is then deleted (a retry on
+another host), the endpoint comes back, and the second run restores the checkpoints from the bucket, resumes from
+the last one instead of training again, and commits everything. Then: every output, DVC object and MLflow artifact
+is in the bucket, the history is in PostgreSQL, the lab home holds only caches, and no credential value is in
+MLflow, Dagster's event log, the bucket (manifests, DVC pointers and config, artifacts), the lab home or the logs.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +49,8 @@ def test_tiny_lineage_on_s3_and_postgres(postgres_server: PostgresServer, s3_end
     home.mkdir()
     for database in ("lab_dagster", "lab_mlflow"):
         server.create_database(database)
-    proxy = EndpointProxy(int(s3_endpoint.rsplit(":", 1)[1]), stop_on=f"PUT /{s3_bucket}/lab/checkpoint/".encode())
+    proxy = EndpointProxy(int(s3_endpoint.rsplit(":", 1)[1]),
+                          stop_on=re.compile(rf"PUT /{s3_bucket}/lab/checkpoint/[0-9a-f]{{16}}/".encode()))
     proxy.start()
     credentials = {"AWS_ACCESS_KEY_ID": "AKIA" + secrets.token_hex(8).upper(),
                    "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30)}
@@ -65,12 +70,16 @@ def test_tiny_lineage_on_s3_and_postgres(postgres_server: PostgresServer, s3_end
     assert "AWS_ENDPOINT_URL" in logs[-1] and "nothing partial is visible as committed" in logs[-1], logs[-1][-3000:]
     objects = bucket_objects(s3_endpoint, s3_bucket)
     assert committed(objects) == {"corpus", "filtered", "tokenizer", "mixed"}  # no checkpoint: its upload was cut
+    assert any(re.fullmatch(r"lab/checkpoint/\.partial-\w+/checkpoint/step-\d+/\.metadata", key) for key in objects)
+    for partial in (home / "cache" / "store" / "checkpoint").glob(".partial-*"):
+        shutil.rmtree(partial)  # the retry runs where the interrupted training's files are not
 
     proxy.start()  # the endpoint is back
     retry = lab("materialize", "experiment=tiny")
     assert retry.returncode == 0, logs[-1][-3000:]
+    assert "Loading the checkpoint from" in logs[-1]  # resumed from the mirrored checkpoints
     objects = bucket_objects(s3_endpoint, s3_bucket)
-    assert committed(objects) >= set(STAGES)
+    assert committed(objects) >= set(STAGES) and not [key for key in objects if "/.partial-" in key]
     assert any(key.startswith("lab/dvc/files/md5/") for key in objects)  # DVC's objects
     assert {f"lab/{stage}/{key.split('/')[2]}" for stage in STAGES for key in objects
             if key.startswith(f"lab/{stage}/") and key.endswith(".dvc")}  # DVC pointers beside the outputs
