@@ -13,18 +13,22 @@ The stages' libraries (datatrove, tokenizers, numpy memmaps, torchtitan) read an
 are built in a local partial folder and read back from a local copy: ``<lab home>/cache/store/<stage>/<fp>``,
 downloaded once (files first, manifest last, into a temporary folder renamed into place). The cache is bounded
 (``storage.cache_gb``): after each download or commit, the least recently used outputs are deleted until it fits,
-except those this process used (a running stage may still read them).
+except those this process used or any process used in the last hour (a running stage may still read them).
 """
 
 from __future__ import annotations
 
 import posixpath
 import shutil
+import time
 from pathlib import Path
 
 from orchestration.locks import file_lock
 
 MANIFEST = "manifest.json"  # the same name as orchestration.store's, which imports this module
+# Outputs used this recently are never evicted: another process of the host (a run's training, an evaluation) may
+# be reading them. The cache may exceed its bound meanwhile.
+KEEP_RECENT_S = 3600.0
 
 
 class ObjectStoreError(RuntimeError):
@@ -104,6 +108,7 @@ class ObjectStore:
             with file_lock(self.cache / stage / f".fetch-{fp}.lock"):  # one download per output and host
                 if not (folder / MANIFEST).is_file() and self.read_text(stage, fp, MANIFEST) is not None:
                     self._download(stage, fp, folder)
+                    self._used.add(folder)
                     self.evict()
         if (folder / MANIFEST).is_file():
             (folder / MANIFEST).touch()  # its use time, for the least-recently-used eviction
@@ -154,14 +159,18 @@ class ObjectStore:
         outputs = [m.parent for m in self.cache.glob(f"*/*/{MANIFEST}") if not m.parent.name.startswith(".")]
         sizes = {folder: sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) for folder in outputs}
         total = sum(sizes.values())
+        recent = time.time() - KEEP_RECENT_S
         for folder in sorted(outputs, key=lambda f: (f / MANIFEST).stat().st_mtime):
             if total <= self.cache_bytes:
                 break
-            if folder in self._used:
+            if folder in self._used or (folder / MANIFEST).stat().st_mtime > recent:
                 continue
             # Renamed away first (atomic): the output is either whole in the cache or not there at all.
             doomed = folder.with_name(f".evicting-{folder.name}")
             shutil.rmtree(doomed, ignore_errors=True)
-            folder.rename(doomed)
+            try:
+                folder.rename(doomed)
+            except FileNotFoundError:  # another process on this host evicted it first
+                continue
             shutil.rmtree(doomed)
             total -= sizes[folder]

@@ -3,6 +3,7 @@ endpoint that goes away mid-upload is a clear error after which a retry commits,
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,14 +86,17 @@ def test_a_partial_upload_is_invisible_and_the_retry_replaces_it(tmp_path: Path,
 def test_the_cache_is_bounded(tmp_path: Path, s3_env: str, s3_bucket: str) -> None:
     url = f"s3://{s3_bucket}/lab"
     writer_store = s3_store(url, tmp_path / "writer")
-    for fp, size in (("one", 4000), ("two", 4000)):
-        writer_store.commit("stage", fp, lambda folder, fp=fp, size=size: (
-            (folder / "x.bin").write_bytes(b"x" * size), manifest("stage", fp))[1])
+    for fp in ("one", "two", "three"):
+        writer_store.commit("stage", fp, lambda folder, fp=fp: (
+            (folder / "x.bin").write_bytes(b"x" * 4000), manifest("stage", fp))[1])
     cache = tmp_path / "reader"
-    s3_store(url, cache, bound=6000).path("stage", "one")  # a process that read `one`
-    assert (cache / "stage" / "one" / MANIFEST).is_file()
-    s3_store(url, cache, bound=6000).path("stage", "two")  # the next process reads `two`: `one` no longer fits
-    assert not (cache / "stage" / "one").exists() and (cache / "stage" / "two" / MANIFEST).is_file()
+    s3_store(url, cache, bound=6000).path("stage", "one")  # each read by a process of its own
+    s3_store(url, cache, bound=6000).path("stage", "two")
+    assert (cache / "stage" / "one" / MANIFEST).is_file()  # over the bound, but used within the hour: kept
+    os.utime(cache / "stage" / "one" / MANIFEST, (0, 0))  # `one` was last used long ago
+    s3_store(url, cache, bound=6000).path("stage", "three")
+    assert not (cache / "stage" / "one").exists()
+    assert (cache / "stage" / "two" / MANIFEST).is_file() and (cache / "stage" / "three" / MANIFEST).is_file()
     assert (s3_store(url, cache, bound=6000).path("stage", "one") / "x.bin").stat().st_size == 4000
 
 
