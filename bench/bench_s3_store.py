@@ -16,6 +16,7 @@ overhead, not a real bucket's latency or bandwidth). Two parts, each with its si
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -68,8 +69,19 @@ def lineage_seconds(home: Path, store_url: str) -> float:
     return time.perf_counter() - start
 
 
+def content_hashes(home: Path) -> dict[str, str]:
+    """Each lineage stage's content hash, from the local store or the object store's cache (it holds every output
+    here). The `report` stage is left out: its bytes differ between any two runs (they name MLflow runs)."""
+    from orchestration.lineage import STAGE_BY_NAME
+
+    manifests = [*home.glob("store/*/*/manifest.json"), *home.glob("cache/store/*/*/manifest.json")]
+    return {m.parts[-3]: json.loads(m.read_text())["content_hash"] for m in manifests
+            if m.parts[-3] in STAGE_BY_NAME and not m.parts[-2].startswith(".")}
+
+
 def bench_lineage(repeats: int, scratch: Path) -> None:
     times: dict[str, list[float]] = {"local": [], "s3": []}
+    hashes: dict[str, dict[str, str]] = {}
     for repeat in range(repeats):
         sides = ["local", "s3"] if repeat % 2 == 0 else ["s3", "local"]
         for side in sides:
@@ -77,9 +89,15 @@ def bench_lineage(repeats: int, scratch: Path) -> None:
             if side == "s3":
                 bucket(name)
             times[side].append(lineage_seconds(scratch / name, f"s3://{name}/lab" if side == "s3" else ""))
+            hashes[name] = content_hashes(scratch / name)
             print(f"  {side}: {times[side][-1]:.1f} s", flush=True)
+    first = next(iter(hashes.values()))
+    differ = sorted({stage for h in hashes.values() for stage in first if h.get(stage) != first[stage]})
+    print(f"content hashes of the lineage's stages differing between runs: {differ or 'none'}")
     local, s3 = statistics.median(times["local"]), statistics.median(times["s3"])
-    print(f"tiny lineage, median of {repeats}: local {local:.1f} s, s3 {s3:.1f} s, ratio s3/local {s3 / local:.2f}")
+    paired = statistics.median(b / a for a, b in zip(times["local"], times["s3"], strict=True))
+    print(f"tiny lineage, median of {repeats}: local {local:.1f} s, s3 {s3:.1f} s, ratio s3/local {s3 / local:.2f} "
+          f"(median of paired ratios {paired:.2f})")
 
 
 def bench_shards(stream: Path | None, train_tps: float, repeats: int, scratch: Path) -> None:
