@@ -31,8 +31,11 @@ MANIFEST = "manifest.json"  # the same name as orchestration.store's, which impo
 KEEP_RECENT_S = 3600.0
 
 
-class ObjectStoreError(RuntimeError):
-    """The object store could not be read or written; the message names the URL and what to check."""
+class ObjectStoreError(ValueError):
+    """The object store could not be read or written; the message names the URL and what to check.
+
+    A ValueError, so that ``lab`` prints it as one line rather than a traceback (as orchestration.services does).
+    """
 
 
 def transport_errors() -> tuple[type[Exception], ...]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,8 +14,10 @@ import boto3
 import pytest
 
 from orchestration.checkpoint_mirror import mirror_checkpoints
+from orchestration.config import REPO_ROOT
 from orchestration.object_store import ObjectStore, ObjectStoreError
 from orchestration.store import MANIFEST, Manifest, Store, content_hash
+from tests.conftest import free_port
 from tests.s3_proxy import EndpointProxy
 
 
@@ -171,3 +175,14 @@ def test_a_run_killed_while_checkpointing_resumes_on_another_host_from_the_last_
     committed = s3_store(url, tmp_path / "host2").commit("checkpoint", "fp", resume, keep_partial=True)
     assert host1.find("checkpoint", "fp") == committed
     assert host1.remote.names("checkpoint", ".partial-fp") == []  # the mirror is gone once committed
+
+
+def test_lab_names_the_endpoint_when_it_is_down(tmp_path: Path, s3_bucket: str) -> None:
+    env = {**os.environ, "LAB_HOME": str(tmp_path), "LAB_STORE_URL": f"s3://{s3_bucket}/lab",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "AWS_MAX_ATTEMPTS": "1",  # nothing listens there
+           "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("LAB_STORAGE", None)
+    result = subprocess.run([sys.executable, "-m", "orchestration.cli", "plan", "experiment=tiny"], env=env,
+                            cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"s3://{s3_bucket}/lab/corpus" in result.stderr and "AWS_ENDPOINT_URL" in result.stderr
