@@ -25,7 +25,7 @@ from pathlib import Path
 
 from orchestration.locks import file_lock
 
-MANIFEST = "manifest.json"  # the same name as orchestration.store's, which imports this module
+MANIFEST = "manifest.json"  # an output's commit marker (orchestration.store imports it from here)
 # Outputs used this recently are never evicted: another process of the host (a run's training, an evaluation) may
 # be reading them. The cache may exceed its bound meanwhile.
 KEEP_RECENT_S = 3600.0
