@@ -14,6 +14,7 @@ from dagster import PipesSubprocessClient
 from evaluation.perplexity import list_checkpoints
 from evaluation.plots import plot_curves, plot_lr_schedule
 from evaluation.validation import curve_checkpoints
+from orchestration.checkpoint_mirror import mirror_checkpoints
 from orchestration.config import REPO_ROOT, ExperimentConfig
 from orchestration.live_eval import report_checkpoints
 from orchestration.resources import StageResult, StageRun, inline_plots
@@ -54,11 +55,12 @@ def build(run: StageRun) -> StageResult:
     with tempfile.TemporaryDirectory() as scratch:
         job_path = Path(scratch) / "job.json"
         job.save(job_path)
-        # Each checkpoint is reported as it lands, for the live-evaluation sensor (orchestration.live_eval).
+        # Each checkpoint is reported as it lands, for the live-evaluation sensor (orchestration.live_eval), and
+        # with an object store copied there, so that another host can resume (orchestration.checkpoint_mirror).
         with report_checkpoints(
             run.context, lambda: curve_checkpoints(run.output, parent_dir, run.parent_step, cfg.parent.mode),
             checkpoint_metadata(run),
-        ):
+        ), mirror_checkpoints(run.store.remote if run.store else None, run.output, "checkpoint", run.fingerprint):
             PipesSubprocessClient().run(context=run.context, command=launch_command(job_path), cwd=str(REPO_ROOT))
     checkpoint_steps = sorted(list_checkpoints(run.output))  # what children may start or branch from
     write_checkpoint_ledger(run.output, stream, cfg.train.seq_len, cfg.train.global_batch_size, checkpoint_steps)

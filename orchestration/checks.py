@@ -48,12 +48,14 @@ class Output:
 
 
 def latest_output(context: AssetCheckExecutionContext, node: Node, key: list[str]) -> Output:
-    """The output the latest materialization of ``key`` recorded (its path is relative to the lab home)."""
+    """The output the latest materialization of ``key`` recorded (its path: store/<stage>/<fingerprint>), read from
+    the lab's store (with an object store, from the local cache)."""
     event = context.instance.get_latest_materialization_event(AssetKey(key))
     if event is None or event.asset_materialization is None:
         raise RuntimeError(f"{'/'.join(key)} has no materialization to check: materialize it first")
     metadata = event.asset_materialization.metadata
-    return Output(lab_for(node.arm.overrides).home / metadata["path"].value, metadata["stats"].value)
+    _, stage, fp = metadata["path"].value.split("/")
+    return Output(lab_for(node.arm.overrides).store.path(stage, fp), metadata["stats"].value)
 
 
 def result(passed: bool, numbers: dict, severity: AssetCheckSeverity = AssetCheckSeverity.ERROR) -> AssetCheckResult:

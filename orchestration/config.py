@@ -33,6 +33,14 @@ class StorageConfig:
 
     # The lab home holds the Dagster instance, the MLflow store, the DVC cache and remote, and the outputs.
     lab_home: str = ".lab"
+    # Empty: stage outputs and manifests in the lab home's store folder. Otherwise an fsspec URL, s3://bucket/prefix,
+    # that holds them, and by default also the DVC remote (<url>/dvc) and MLflow's artifacts (<url>/mlflow-artifacts).
+    # LAB_STORE_URL in the environment wins. Endpoint and credentials come from the AWS chain only (AWS_ENDPOINT_URL,
+    # AWS_ACCESS_KEY_ID, AWS_PROFILE, ...), never from here: see orchestration/object_store.py.
+    store_url: str = ""
+    # The bound of the local cache (<lab home>/cache/store) that outputs in store_url are built in and read back
+    # from, in GB; the least recently used outputs are deleted beyond it.
+    cache_gb: float = 50.0
     # Empty: a SQLite store in the lab home. Otherwise any MLflow tracking URI (http://..., postgresql://...).
     mlflow_tracking_uri: str = ""
     # Empty: a folder in the lab home. Otherwise a DVC remote URL such as s3://bucket/prefix.
@@ -130,6 +138,14 @@ def lab_home(cfg: ExperimentConfig) -> Path:
     """The lab home: LAB_HOME from the environment wins, then storage.lab_home (relative to the repository)."""
     home = Path(os.environ.get("LAB_HOME") or cfg.storage.lab_home)
     return (home if home.is_absolute() else REPO_ROOT / home).resolve()
+
+
+STORE_URL_VARIABLE = "LAB_STORE_URL"
+
+
+def store_url(cfg: ExperimentConfig) -> str:
+    """The object store of the outputs (LAB_STORE_URL wins over storage.store_url); empty: the lab home's folder."""
+    return os.environ.get(STORE_URL_VARIABLE) or cfg.storage.store_url
 
 
 def default_lab_home() -> Path:

@@ -9,8 +9,16 @@ import os
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from orchestration.config import STORAGE_PROFILE_VARIABLE, ConfigError, lab_home, lab_storage, load_experiment
+from orchestration.config import (
+    STORAGE_PROFILE_VARIABLE,
+    ConfigError,
+    lab_home,
+    lab_storage,
+    load_experiment,
+    store_url,
+)
 from orchestration.lineage import PlanItem, plan
+from orchestration.object_store import ObjectStore
 from orchestration.services import mlflow_tracking_uri
 from orchestration.store import Store
 from orchestration.versioning import DvcStore
@@ -30,9 +38,17 @@ class Lab:
             raise ConfigError(f"{' '.join(overrides)}: the storage profile serves the whole lab home; choose it with "
                               f"{STORAGE_PROFILE_VARIABLE}=<profile> in the environment, not with an override")
         self.home = lab_home(self.cfg)
-        self.store = Store(self.home / "store")
-        self.dvc = DvcStore(self.store.root, self.cfg.storage.dvc_remote or str(self.home / "dvc-remote"),
-                            self.cfg.storage.dvc_remote_options)
+        # With an object store the lab home keeps only caches: the outputs' (bounded) and DVC's (emptied after
+        # each push); the DVC remote and MLflow's artifacts default to folders of the object store.
+        self.store_url = store_url(self.cfg)
+        if self.store_url:
+            cache = ObjectStore(self.store_url, self.home / "cache" / "store", int(self.cfg.storage.cache_gb * 1e9))
+            self.store = Store(cache.cache, cache)
+        else:
+            self.store = Store(self.home / "store")
+        default_remote = f"{self.store_url}/dvc" if self.store_url else str(self.home / "dvc-remote")
+        self.dvc = DvcStore(self.store.root, self.cfg.storage.dvc_remote or default_remote,
+                            self.cfg.storage.dvc_remote_options, self.store.remote)
         self._plan: dict[str, PlanItem] = {}
 
     @cached_property
@@ -40,7 +56,9 @@ class Lab:
         from orchestration.tracking import Tracker  # MLflow: imported only where a run is tracked
 
         storage = self.cfg.storage
-        return Tracker(mlflow_tracking_uri(storage, self.home), self.home / "mlartifacts", storage.mlflow_ui_url)
+        artifacts = f"{self.store_url}/mlflow-artifacts" if self.store_url else self.home / "mlartifacts"
+        return Tracker(mlflow_tracking_uri(storage, self.home), artifacts, storage.mlflow_ui_url,
+                       self.home / "locks" if self.store_url else None)
 
     def plan(self) -> list[PlanItem]:
         self._plan = {item.stage: item for item in plan(self.cfg, self.store)}

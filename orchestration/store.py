@@ -16,9 +16,10 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from orchestration.checkpoint_mirror import partial_name, restore_complete_steps
 from orchestration.leases import Holder, LeaseTiming, hold_lease
+from orchestration.object_store import MANIFEST, ObjectStore
 
-MANIFEST = "manifest.json"
 REPORT_DIR = "report"  # derived, human-facing files of an output: plots, tables, timings (not content)
 
 
@@ -87,31 +88,48 @@ class Manifest:
 
     @classmethod
     def load(cls, folder: Path) -> Manifest:
-        return cls(**json.loads((folder / MANIFEST).read_text()))
+        return cls.parse((folder / MANIFEST).read_text())
+
+    @classmethod
+    def parse(cls, text: str) -> Manifest:
+        return cls(**json.loads(text))
 
 
 class Store:
-    def __init__(self, root: Path):
+    """Outputs under ``root`` (a folder of the lab home); or, with ``remote``, in an object store, and ``root`` is
+    the bounded local cache that builds and reads happen in (see orchestration.object_store)."""
+
+    def __init__(self, root: Path, remote: ObjectStore | None = None):
         self.root = root
+        self.remote = remote
         self._listed: dict[str, list[Manifest]] = {}  # manifests per stage, read once (plans of many arms ask often)
 
     def path(self, stage: str, fp: str) -> Path:
+        """The output's local folder; with an object store, a cached copy, downloaded when first asked for."""
+        if self.remote is not None:
+            return self.remote.local(stage, fp)
         return self.root / stage / fp
 
     def find(self, stage: str, fp: str) -> Manifest | None:
+        if self.remote is not None:
+            text = self.remote.read_text(stage, fp, MANIFEST)
+            return Manifest.parse(text) if text is not None else None
         folder = self.path(stage, fp)
         return Manifest.load(folder) if (folder / MANIFEST).is_file() else None
 
     def list(self, stage: str) -> list[Manifest]:
         """Every committed output of the stage, as this process first saw them plus what it committed since."""
         if stage not in self._listed:
-            folder = self.root / stage
-            self._listed[stage] = [Manifest.load(p.parent) for p in sorted(folder.glob(f"*/{MANIFEST}"))]
+            if self.remote is not None:
+                self._listed[stage] = [Manifest.parse(text) for text in self.remote.manifests(stage)]
+            else:
+                folder = self.root / stage
+                self._listed[stage] = [Manifest.load(p.parent) for p in sorted(folder.glob(f"*/{MANIFEST}"))]
         return self._listed[stage]
 
     def partial_path(self, stage: str, fp: str) -> Path:
         # Deterministic, so a stage that can resume (training) finds its own interrupted work again.
-        return self.root / stage / f".partial-{fp}"
+        return self.root / stage / partial_name(fp)
 
     def lease(
         self, stage: str, fp: str, holder: str, on_wait: Callable[[str], None] | None = None,
@@ -128,23 +146,32 @@ class Store:
     def commit(
         self, stage: str, fp: str, build: Callable[[Path], Manifest], keep_partial: bool = False
     ) -> Manifest:
-        """Build into a partial folder, then rename it into place: readers never see half an output.
+        """Build into a partial folder, then rename it into place: readers never see half an output. With an object
+        store, the output is uploaded before the rename, its manifest last (the commit marker there).
 
         Callers hold ``lease(stage, fp, ...)`` so that no other process builds into the same partial folder.
         """
         partial = self.partial_path(stage, fp)
         if partial.exists() and not keep_partial:
             shutil.rmtree(partial)
+        if keep_partial and self.remote is not None and not partial.exists():
+            restore_complete_steps(self.remote, partial, stage, fp)  # interrupted on another host, or evicted
         partial.mkdir(parents=True, exist_ok=True)
         started = time.time()
         manifest = build(partial)
         manifest.build_seconds = round(time.time() - started, 1)
         manifest.content_hash = content_hash(partial)
         manifest.save(partial)
-        final = self.path(stage, fp)
+        if self.remote is not None and self.find(stage, fp) is None:
+            self.remote.upload(partial, stage, fp)
+        final = self.root / stage / fp
         if final.exists():  # another run committed the same fingerprint meanwhile: same bytes by construction
             shutil.rmtree(partial)
         else:
             partial.rename(final)
+        if self.remote is not None:
+            self.remote.committed_locally(final)
+            if keep_partial:
+                self.remote.remove(stage, partial_name(fp))  # the mirrored partial (orchestration.checkpoint_mirror)
         self._listed.pop(stage, None)
         return Manifest.load(final)

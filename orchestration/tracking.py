@@ -55,7 +55,9 @@ class Tracker:
     results as metrics (see ``log_arm``); a stage shared by several arms is nested under the arm that built it.
     """
 
-    def __init__(self, tracking_uri: str, artifact_root: Path, ui_url: str = ""):
+    def __init__(self, tracking_uri: str, artifact_root: Path | str, ui_url: str = "", lock_dir: Path | None = None):
+        """``artifact_root``: a folder, or a URL such as s3://bucket/prefix/mlflow-artifacts (then ``lock_dir``, a
+        local folder, holds the lock that ``arm_run`` takes)."""
         database = sqlite_database(tracking_uri)
         if database is not None:
             # A new client creates and migrates a SQLite store that is not there yet; two processes doing that at
@@ -66,6 +68,7 @@ class Tracker:
         self.client = MlflowClient(tracking_uri)
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
+        self.lock_dir = lock_dir or Path(artifact_root)
         self.ui_url = ui_url.rstrip("/")
 
     def experiment_id(self, name: str) -> str:
@@ -73,17 +76,22 @@ class Tracker:
         if experiment is not None:
             return experiment.experiment_id
         try:
-            return self.client.create_experiment(name, artifact_location=(self.artifact_root / name).as_uri())
+            return self.client.create_experiment(name, artifact_location=self.artifact_location(name))
         except MlflowException as error:  # another process created it since we looked
             if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                 raise
             return self.client.get_experiment_by_name(name).experiment_id
 
+    def artifact_location(self, experiment: str) -> str:
+        if isinstance(self.artifact_root, Path):
+            return (self.artifact_root / experiment).as_uri()
+        return f"{self.artifact_root.rstrip('/')}/{experiment}"
+
     def arm_run(self, experiment: str, arm: str) -> str:
         """The arm's run in the experiment, created on first use (under a lock: runs of one arm start together)."""
         experiment_id = self.experiment_id(experiment)
         query = f"tags.`lab.arm` = '{arm}' and tags.`lab.kind` = 'arm'"
-        with file_lock(self.artifact_root / ".arm-runs.lock"):
+        with file_lock(self.lock_dir / ".arm-runs.lock"):
             found = self.client.search_runs([experiment_id], query, max_results=1)
             if found:
                 return found[0].info.run_id

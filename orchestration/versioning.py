@@ -3,10 +3,16 @@
 The store folder is a DVC repository without git (``dvc init --no-scm``): each output gets a pointer file
 ``<stage>/<fingerprint>.dvc`` beside it. The pointer's content (md5 of the directory, size, file count) goes to
 Dagster metadata and MLflow, so ``dvc pull`` on any machine with the remote brings back exactly those bytes.
+
+With an object store (``storage.store_url``) the DVC repository lies in the lab home's cache of it: each pointer
+file is also uploaded beside its output in the object store, and DVC's local cache is emptied after each push (the
+remote holds the objects), so the lab home keeps no unbounded copy. Endpoint and credentials come from the
+environment (botocore reads them), so the repository's ``.dvc/config`` names only the remote's URL.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from orchestration.locks import file_lock
+from orchestration.object_store import ObjectStore
 
 REMOTE_NAME = "lab"
 # DVC's own repository lock gives up after about 3 s, and `dvc push` of a checkpoint takes longer; runs that share
@@ -27,10 +34,11 @@ class DvcError(RuntimeError):
 
 
 class DvcStore:
-    def __init__(self, root: Path, remote_url: str, remote_options: dict[str, str]):
+    def __init__(self, root: Path, remote_url: str, remote_options: dict[str, str], mirror: ObjectStore | None = None):
         self.root = root
         self.remote_url = remote_url
         self.remote_options = remote_options
+        self.mirror = mirror  # the object store the outputs live in, if any
 
     def dvc(self, *args: str) -> str:
         """Run one dvc command in the store; commands of all processes on one store run one at a time."""
@@ -59,9 +67,14 @@ class DvcStore:
         """Version ``output`` (a folder under the store) and push it; returns the pointer as a dict."""
         relative = output.relative_to(self.root).as_posix()
         self.ensure_repo()
-        self.dvc("add", "--quiet", relative)
         pointer_file = f"{relative}.dvc"
-        self.dvc("push", "--quiet", pointer_file)
+        with file_lock(self.root / COMMAND_LOCK):  # one critical section: no other add lands between push and drop
+            self._run("add", "--quiet", relative)
+            self._run("push", "--quiet", pointer_file)
+            if self.mirror is not None:
+                shutil.rmtree(self.root / ".dvc" / "cache", ignore_errors=True)
+        if self.mirror is not None:
+            self.mirror.put_file(self.root / pointer_file, pointer_file)
         pointer = self.pointer(output)
         assert pointer is not None, f"dvc add wrote no {pointer_file}"
         return pointer
@@ -69,9 +82,13 @@ class DvcStore:
     def pointer(self, output: Path) -> dict | None:
         """The recorded DVC pointer of an output folder, if it was versioned."""
         pointer_file = f"{output.relative_to(self.root).as_posix()}.dvc"
-        if not (self.root / pointer_file).is_file():
+        if (self.root / pointer_file).is_file():
+            text = (self.root / pointer_file).read_text()
+        elif self.mirror is not None and (remote := self.mirror.read_text(pointer_file)) is not None:
+            text = remote  # versioned on another host
+        else:
             return None
-        out = yaml.safe_load((self.root / pointer_file).read_text())["outs"][0]
+        out = yaml.safe_load(text)["outs"][0]
         return {"pointer_file": pointer_file, "md5": out["md5"], "size": out["size"], "nfiles": out["nfiles"],
                 "remote": REMOTE_NAME}
 
