@@ -22,9 +22,11 @@ from orchestration.store import Store
 from tests.webserver import running_daemon
 
 pytestmark = [pytest.mark.e2e, pytest.mark.serial]
-# One training rank, so that the evaluation runs have a core of their own on a 2-core machine.
-ARM = ["experiment=tiny", "parallel.nproc_per_node=1", "train.steps=160", "train.checkpoint_interval=40"]
-CURVE = [0, 40, 80, 120, 160]  # the untrained start and every saved checkpoint
+# One training rank, so that the evaluation runs have a core of their own on a 2-core machine; 80 steps between
+# checkpoints, so that a live evaluation (sensor tick, run launch, evaluation) fits before training commits even
+# on a loaded machine.
+ARM = ["experiment=tiny", "parallel.nproc_per_node=1", "train.steps=320", "train.checkpoint_interval=80"]
+CURVE = [0, 80, 160, 240, 320]  # the untrained start and every saved checkpoint
 COMPUTED = re.compile(r"eval step (\d+): computed")
 FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 
