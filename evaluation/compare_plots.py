@@ -26,7 +26,8 @@ def arm_styles(groups: list[list[str]]) -> dict[str, dict]:
     }
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Save and close: no PNG "Software" entry, so equal inputs give equal bytes (every lab figure goes here)."""
     fig.tight_layout()
     fig.savefig(path, metadata={"Software": None})
     plt.close(fig)
@@ -49,7 +50,7 @@ def plot_overlaid(curves: dict[str, Points], styles: dict[str, dict], path: Path
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     _legend(ax, len(curves))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_final_by_setting(panels: dict[str, dict[str, list[tuple[float, float, float]]]], path: Path, title: str,
@@ -74,7 +75,7 @@ def plot_final_by_setting(panels: dict[str, dict[str, list[tuple[float, float, f
         ax.grid(alpha=0.3)
         _legend(ax, len(series))
     fig.suptitle(f"{title}\nerror bars: {spread}", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_tokens_to_target(tokens: dict[str, float | None], ratios: dict[str, float | None],
@@ -97,4 +98,4 @@ def plot_tokens_to_target(tokens: dict[str, float | None], ratios: dict[str, flo
     ax.margins(x=0.15)  # room for the ratio labels after the longest bar
     ax.set(xlabel="tokens to target", title=title)
     ax.grid(alpha=0.3, axis="x")
-    return _save(fig, path)
+    return save_figure(fig, path)

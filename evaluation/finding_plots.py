@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from evaluation.compare import token_weighted_loss
-from evaluation.compare_plots import _save, plt
+from evaluation.compare_plots import plt, save_figure
 from evaluation.findings import Effect, Seeds, domains_label, domains_of
 
 VERDICT_COLORS = {"held": "tab:green", "within spread": "tab:orange"}
@@ -24,7 +24,7 @@ def plot_effects(effects: list[Effect], path: Path, title: str) -> Path:
                   fontsize=7)
     ax.set_xlabel("paired difference of final validation loss (arm - against), per seed; bar: mean")
     ax.set_title(f"{title}: effects (green held, orange within seed spread, red not held)", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_stability_gap(spec: dict, arms: dict[str, Seeds], path: Path) -> Path:
@@ -44,4 +44,4 @@ def plot_stability_gap(spec: dict, arms: dict[str, Seeds], path: Path) -> Path:
     ax.set_ylabel(f"validation loss, {domains_label(spec['domains'])}")
     ax.set_title("Stability gap: the old domains' loss in the first steps of continual pretraining", fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -1,6 +1,6 @@
 """The figures of evaluation.forgetting: loss on the parent's domains over a child run, and the transfer heatmap.
 
-Saved without the PNG "Software" entry, as in evaluation.compare_plots, so equal inputs give equal bytes.
+Saved by evaluation.compare_plots.save_figure (no PNG "Software" entry), so equal inputs give equal bytes.
 """
 
 from __future__ import annotations
@@ -8,20 +8,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-
-from evaluation.forgetting import ForgettingTable, TransferRow, matrix_domains  # noqa: E402
-
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)
-    return path
+from evaluation.compare_plots import plt, save_figure
+from evaluation.forgetting import ForgettingTable, TransferRow, matrix_domains
 
 
 def plot_forgetting(table: ForgettingTable, path: Path, title: str) -> Path:
@@ -46,7 +36,7 @@ def plot_forgetting(table: ForgettingTable, path: Path, title: str) -> Path:
     ax.grid(alpha=0.3)
     if table.domains:
         ax.legend(fontsize=7, title="dashed: parent's loss, ▲: peak", title_fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_transfer(rows: list[TransferRow], path: Path, title: str) -> Path:
@@ -73,4 +63,4 @@ def plot_transfer(rows: list[TransferRow], path: Path, title: str) -> Path:
     ax.set_yticks(range(len(rows)), [row.stage for row in rows])
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label="loss change (end - start)")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -1,27 +1,17 @@
 """The figures of evaluation.laws: observed against fitted loss curves, and loss against mixture ratio.
 
 A curve or point the fit did not see (not in ``fit.fitted_on``) is drawn as held out: dashed line, hollow markers.
-Saved without the PNG "Software" entry, as in evaluation.compare_plots, so equal inputs give equal bytes.
+Saved by evaluation.compare_plots.save_figure (no PNG "Software" entry), so equal inputs give equal bytes.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-
-from evaluation.laws import AnnealingFit, Curve, MixtureFit, MixturePoint, critical_ratio, warmup_end  # noqa: E402
-
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)
-    return path
+from evaluation.compare_plots import plt, save_figure
+from evaluation.laws import AnnealingFit, Curve, MixtureFit, MixturePoint, critical_ratio, warmup_end
 
 
 def _marker_style(color: tuple, held_out: bool) -> dict:
@@ -54,7 +44,7 @@ def plot_annealing_fit(fit: AnnealingFit, curves: list[Curve], path: Path, title
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
     top.legend(fontsize=7, title="markers: observed, lines: law", title_fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_mixture_fit(fit: MixtureFit, points: list[MixturePoint], path: Path, cmr: tuple[float, float] | None = None,
@@ -85,4 +75,4 @@ def plot_mixture_fit(fit: MixtureFit, points: list[MixturePoint], path: Path, cm
     for ax in axes:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, title="markers: observed (hollow: held out), lines: law", title_fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
