@@ -10,6 +10,8 @@ which ``lab`` triggers on a running webserver.
 """
 
 
+from collections.abc import Callable
+
 from dagster import (
     AssetExecutionContext,
     AssetKey,
@@ -60,33 +62,35 @@ def stage_asset(node: Node) -> AssetsDefinition:
     return _stage
 
 
+def experiment_asset(experiment: str, name: str, deps: set[tuple[str, ...]], description: str,
+                     materialize: Callable[[AssetExecutionContext, str], MaterializeResult]) -> AssetsDefinition:
+    """An asset of the experiment itself, above its arms (its law fit, its report)."""
+
+    @asset(key=AssetKey([slug(experiment), name]), deps=[AssetKey(list(dep)) for dep in sorted(deps)],
+           group_name=slug(experiment), kinds={"python"}, description=description)
+    def _experiment_asset(context: AssetExecutionContext) -> MaterializeResult:
+        return materialize(context, experiment)
+
+    return _experiment_asset
+
+
+def arm_outputs(graph: Graph, experiment: str) -> set[tuple[str, ...]]:
+    """The asset keys of every arm's checkpoint and eval: what the experiment's own assets read."""
+    return {tuple(arm.paths[stage]) for arm in graph.experiment_arms(experiment) for stage in ("checkpoint", "eval")}
+
+
 def law_fit_asset(graph: Graph, experiment: str) -> AssetsDefinition:
-    arms = graph.experiment_arms(experiment)
-    deps = {tuple(arm.paths[stage]) for arm in arms for stage in ("checkpoint", "eval")}
-
-    @asset(key=AssetKey([slug(experiment), LAW_FIT]), deps=[AssetKey(list(dep)) for dep in sorted(deps)],
-           group_name=slug(experiment), kinds={"python"},
-           description=f"The law {experiment} fits over its arms: parameters, residuals, held-out errors, and a "
-                       "prediction for a new arm to run.")
-    def _law_fit(context: AssetExecutionContext) -> MaterializeResult:
-        return law_fit.materialize(context, experiment)
-
-    return _law_fit
+    return experiment_asset(experiment, LAW_FIT, arm_outputs(graph, experiment),
+                            f"The law {experiment} fits over its arms: parameters, residuals, held-out errors, and a "
+                            "prediction for a new arm to run.", law_fit.materialize)
 
 
 def report_asset(graph: Graph, experiment: str) -> AssetsDefinition:
-    arms = graph.experiment_arms(experiment)
-    deps = {tuple(arm.paths[stage]) for arm in arms for stage in ("checkpoint", "eval")}
-    deps |= {tuple(key) for key in graph.experiment_keys(experiment) if key[-1] == LAW_FIT}
-
-    @asset(key=AssetKey([slug(experiment), REPORT]), deps=[AssetKey(list(dep)) for dep in sorted(deps)],
-           group_name=slug(experiment), kinds={"python"},
-           description=f"The arms of {experiment} compared: loss curves, per-domain results against the swept "
-                       "parameters, tokens to a target loss, LR schedules, and a table of every arm.")
-    def _report(context: AssetExecutionContext) -> MaterializeResult:
-        return report.materialize(context, experiment)
-
-    return _report
+    law = {tuple(key) for key in graph.experiment_keys(experiment) if key[-1] == LAW_FIT}
+    return experiment_asset(experiment, REPORT, arm_outputs(graph, experiment) | law,
+                            f"The arms of {experiment} compared: loss curves, per-domain results against the swept "
+                            "parameters, tokens to a target loss, LR schedules, and a table of every arm.",
+                            report.materialize)
 
 
 def build_definitions(graph: Graph) -> Definitions:
