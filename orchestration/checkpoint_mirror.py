@@ -19,12 +19,12 @@ The commit uploads the finished output as any other and then deletes the mirrore
 from __future__ import annotations
 
 import shutil
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from orchestration.object_store import ObjectStore, ObjectStoreError
+from orchestration.polling import polling
 
 CHECKPOINTS = "checkpoint"  # the step folders' parent in a training output
 DCP_MARKER = ".metadata"  # written last by DCP: a step folder without it is a save cut short
@@ -75,20 +75,15 @@ def mirror_checkpoints(remote: ObjectStore | None, partial: Path, stage: str, fp
         yield
         return
     uploaded: set[str] = set()
-    stop = threading.Event()
 
-    def watch() -> None:
-        while not stop.wait(POLL_S):
-            try:
-                upload_complete_steps(remote, partial, stage, fp, uploaded)
-            except ObjectStoreError:
-                continue  # the endpoint may come back before training ends; the final upload says if not
+    def upload_quietly() -> None:
+        try:
+            upload_complete_steps(remote, partial, stage, fp, uploaded)
+        except ObjectStoreError:
+            pass  # the endpoint may come back before training ends; the final upload says if not
 
-    watcher = threading.Thread(target=watch, name="checkpoint-mirror", daemon=True)
-    watcher.start()
     try:
-        yield
+        with polling(upload_quietly, POLL_S, "checkpoint-mirror"):
+            yield
     finally:
-        stop.set()
-        watcher.join()
         upload_complete_steps(remote, partial, stage, fp, uploaded)

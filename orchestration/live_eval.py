@@ -18,7 +18,6 @@ Three parts, each small:
 
 import json
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -54,6 +53,7 @@ from orchestration.config import ExperimentConfig
 from orchestration.eval_cache import EvalCache, checkpoint_key
 from orchestration.lab import lab_for
 from orchestration.lineage import PlanItem
+from orchestration.polling import polling
 from orchestration.store import Store
 
 POLL_S = 2.0  # how often a training job's folder is looked at for new checkpoints
@@ -83,7 +83,6 @@ def report_checkpoints(context, curve: Callable[[], dict[int, Path | None]], met
     from a thread that looks every ``POLL_S`` seconds, and once more when the block ends.
     """
     reported: set[int] = set()
-    stop = threading.Event()
 
     def report_new() -> None:
         for step in sorted(set(curve()) - reported):
@@ -92,17 +91,8 @@ def report_checkpoints(context, curve: Callable[[], dict[int, Path | None]], met
                 metadata={"checkpoint_step": step, **metadata}))
             reported.add(step)
 
-    def watch() -> None:
-        while not stop.wait(POLL_S):
-            report_new()
-
-    watcher = threading.Thread(target=watch, name="checkpoint-reporter", daemon=True)
-    watcher.start()
-    try:
+    with polling(report_new, POLL_S, "checkpoint-reporter"):
         yield
-    finally:
-        stop.set()
-        watcher.join()
     report_new()
 
 
