@@ -45,13 +45,15 @@ def lr_series(cfg: ExperimentConfig) -> list[float]:
     return [cfg.train.lr * lr_factor(schedule, step) for step in range(cfg.train.steps)]
 
 
-def _inputs(experiment: Experiment) -> tuple[dict, list, list[str]]:
-    """The law, the outputs of the arms it fits and predicts, and those still missing."""
+def _inputs(experiment: Experiment, outputs: list | None = None) -> tuple[dict, list, list[str]]:
+    """The law, the outputs of the arms it fits and predicts (from ``outputs``, the experiment's arm outputs when
+    the caller planned them already), and those still missing."""
     from orchestration.reports import arm_outputs, missing_outputs  # reports reads the law fit: imported late
 
     law = preset_of(experiment).law
     wanted = set(law["fit"]) | set(law.get("predict", []))
-    arms = [arm for arm in arm_outputs(experiment) if experiment_arm(experiment, arm.name).params["arm"] in wanted]
+    arms = [arm for arm in outputs or arm_outputs(experiment)
+            if experiment_arm(experiment, arm.name).params["arm"] in wanted]
     return law, arms, missing_outputs(arms)
 
 
@@ -65,11 +67,11 @@ def law_fingerprint(experiment: Experiment, law: dict, arms) -> str:
     return fingerprint("law_fit", combined_version(module_digests(LAW_MODULES)), {"law": law}, upstream)
 
 
-def latest_law_fit(experiment: Experiment) -> Manifest | None:
+def latest_law_fit(experiment: Experiment, outputs: list | None = None) -> Manifest | None:
     """The law fit of the experiment's current outputs, if it was materialized (None also when it has no law)."""
     if not experiment.preset or not preset_of(experiment).law:
         return None
-    law, arms, missing = _inputs(experiment)
+    law, arms, missing = _inputs(experiment, outputs)
     if missing:
         return None
     return lab_for(experiment.arms[0].overrides).store.find("law_fit", law_fingerprint(experiment, law, arms))

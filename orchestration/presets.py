@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from orchestration.config import CONF_DIR, ConfigError
+from orchestration.config import CONF_DIR, ConfigError, load_experiment
 from orchestration.experiments import Arm, Experiment, default_name
 
 PRESET_DIR = CONF_DIR / "preset"
@@ -184,8 +184,6 @@ def arm_waves(experiment: Experiment) -> list[list[Arm]]:
 
 
 def _parent_overrides(arm: Arm) -> tuple[str, ...]:
-    from orchestration.config import load_experiment
-
     return tuple(load_experiment(arm.overrides).parent.experiment)
 
 

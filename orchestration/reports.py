@@ -55,7 +55,7 @@ def report_fingerprint(experiment: Experiment, arms: list[ArmOutputs]) -> str:
 
         modules += FINDING_MODULES
         identity["analysis"] = preset_of(experiment).analysis
-        law = latest_law_fit(experiment)
+        law = latest_law_fit(experiment, arms)  # the arms planned above, not planned again
         if law is not None:
             upstream["law_fit"] = law.content_hash
     code = combined_version(module_digests(modules))
