@@ -8,7 +8,7 @@ from evaluation.compare import token_weighted_loss
 from evaluation.compare_plots import plt, save_figure
 from evaluation.findings import Effect, Seeds, domains_label, domains_of
 
-VERDICT_COLORS = {"held": "tab:green", "within spread": "tab:orange"}
+VERDICT_COLORS = {"held": "tab:green", "within spread": "tab:orange", "no difference": "tab:gray"}
 
 
 def plot_effects(effects: list[Effect], path: Path, title: str) -> Path:
@@ -23,7 +23,8 @@ def plot_effects(effects: list[Effect], path: Path, title: str) -> Path:
     ax.set_yticks(range(len(effects)), [f"{e.name}\n(published: {e.expected})" for e in reversed(effects)],
                   fontsize=7)
     ax.set_xlabel("paired difference of final validation loss (arm - against), per seed; bar: mean")
-    ax.set_title(f"{title}: effects (green held, orange within seed spread, red not held)", fontsize=9)
+    ax.set_title(f"{title}: effects (green held, orange within seed spread, grey no difference, red not held)",
+                 fontsize=9)
     return save_figure(fig, path)
 
 

@@ -8,6 +8,7 @@ deviation of those differences (ddof=1). The verdict:
     held            the mean difference is in the published direction and larger than the seed spread
     within spread   in the published direction, but not larger than the seed spread: not resolved at this scale
     not held        against the published direction (beyond the spread: "reversed")
+    no difference   the two arms' metrics are equal at every seed: they trained on the same data (nothing to test)
 
 Optional parts of an analysis: ``compute`` (tokens trained by families of arms, e.g. WSD branches against a cosine
 run per budget), ``tokens_to_match`` (tokens an arm needs to reach another arm's final loss: MeCo) and
@@ -59,6 +60,8 @@ class Effect:
         self.verdict = self._verdict()
 
     def _verdict(self) -> str:
+        if all(self.values[s] == self.against_values.get(s) for s in self.values):
+            return "no difference"
         if self.expected == "close":
             return "held" if abs(self.relative) <= self.tolerance else "not held"
         signed = -self.mean if self.expected == "lower" else self.mean  # > 0: the published direction

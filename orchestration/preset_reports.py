@@ -69,7 +69,7 @@ def verdict_intro(experiment: Experiment) -> str:
             f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}); its spread is the sample standard "
             "deviation of the paired differences. *held*: in the published direction and larger than the spread; "
             "*within spread*: in the published direction but not resolved at this scale; *not held*: the other "
-            "direction.")
+            "direction; *no difference*: equal at every seed (the arms trained on the same data).")
 
 
 def scale_text(experiment: Experiment) -> str:

@@ -86,6 +86,7 @@ def test_verdicts_weigh_the_effect_against_the_seed_spread() -> None:
     assert reversed_.verdict.startswith("not held (reversed")
     assert close.verdict == "held"
     assert Effect("one seed", "m", "a", "b", "higher", {0: 2.0}, {0: 1.0}).verdict == "within spread"
+    assert Effect("same data", "m", "a", "b", "lower", {0: 2.0, 1: 2.1}, {0: 2.0, 1: 2.1}).verdict == "no difference"
 
 
 def test_an_analysis_reads_domains_compute_and_tokens_to_match() -> None:
