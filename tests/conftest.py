@@ -1,4 +1,5 @@
-"""Shared fixtures: an S3 endpoint (moto_server on 127.0.0.1) for the fsspec/s3fs and DVC remote paths."""
+"""Shared fixtures: an S3 endpoint (moto_server on 127.0.0.1) for the fsspec/s3fs and DVC remote paths, and what a
+bucket holds."""
 
 from __future__ import annotations
 
@@ -53,3 +54,17 @@ def s3_bucket(s3_endpoint: str) -> str:
     name = f"lab-test-{time.time_ns()}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     return name
+
+
+def bucket_objects(endpoint: str, bucket: str) -> dict[str, bytes]:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint)
+    keys = [item["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for item in page.get("Contents", [])]
+    return {key: client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
+
+
+def committed(objects: dict[str, bytes]) -> set[str]:
+    """The stages with a committed output (a manifest) in the bucket."""
+    return {key.split("/")[1] for key in objects if key.count("/") == 3 and key.endswith("/manifest.json")}

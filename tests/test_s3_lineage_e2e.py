@@ -20,26 +20,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
 import pytest
 
 from orchestration.config import REPO_ROOT
+from tests.conftest import bucket_objects, committed
 from tests.postgres import PostgresServer, postgres_server  # noqa: F401 (a fixture)
 from tests.s3_proxy import EndpointProxy
 
 STAGES = ("corpus", "filtered", "tokenizer", "mixed", "checkpoint", "eval")
-
-
-def bucket_objects(endpoint: str, bucket: str) -> dict[str, bytes]:
-    client = boto3.client("s3", endpoint_url=endpoint)
-    keys = [item["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-            for item in page.get("Contents", [])]
-    return {key: client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
-
-
-def committed(objects: dict[str, bytes]) -> set[str]:
-    """The stages with a committed output (a manifest) in the bucket."""
-    return {key.split("/")[1] for key in objects if key.count("/") == 3 and key.endswith("/manifest.json")}
 
 
 @pytest.mark.e2e
