@@ -12,6 +12,7 @@ environment (botocore reads them), so the repository's ``.dvc/config`` names onl
 
 from __future__ import annotations
 
+import configparser
 import shutil
 import subprocess
 import sys
@@ -56,12 +57,25 @@ class DvcStore:
     def ensure_repo(self) -> None:
         """Create the DVC repository and point its remote at the configured URL (idempotent)."""
         with file_lock(self.root / COMMAND_LOCK):  # one lock over check and init: one process creates the repo
+            if self._remote_configured():
+                return  # each dvc command starts an interpreter: skip the ones that would change nothing
             if not (self.root / ".dvc").is_dir():
                 self._run("init", "--no-scm", "--quiet")
                 self._run("config", "core.analytics", "false")
             self._run("remote", "add", "--default", "--force", REMOTE_NAME, self.remote_url)
             for key, value in self.remote_options.items():
                 self._run("remote", "modify", REMOTE_NAME, key, value)
+
+    def _remote_configured(self) -> bool:
+        """Whether the repository exists with exactly this remote, as default, in its config file."""
+        config = configparser.ConfigParser()
+        try:
+            config.read(self.root / ".dvc" / "config")
+        except configparser.Error:
+            return False
+        remote = f"'remote \"{REMOTE_NAME}\"'"  # DVC's section name, quotes included
+        return (config.get("core", "remote", fallback=None) == REMOTE_NAME and config.has_section(remote)
+                and dict(config[remote]) == {"url": self.remote_url, **self.remote_options})
 
     def add_and_push(self, output: Path) -> dict:
         """Version ``output`` (a folder under the store) and push it; returns the pointer as a dict."""
