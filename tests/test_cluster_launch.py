@@ -13,7 +13,9 @@ import yaml
 from assets.checkpoint import train_job
 from orchestration.cluster_launch import job_name, job_text_and_command, main, render
 from orchestration.config import load_experiment
+from orchestration.experiments import Arm, Experiment, record
 from orchestration.lineage import STAGES
+from orchestration.resources import placed
 from training.job import TrainJob, launch_command
 
 GPU_NODES = ["experiment=tiny", "parallel=gpu_fsdp", "parallel.nnodes=2"]
@@ -140,3 +142,14 @@ def test_the_spec_needs_the_checkpoints_inputs(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setenv("LAB_HOME", str(tmp_path))
     assert main(["experiment=tiny", "launcher=slurm"]) == 2
     assert "not materialized yet" in capsys.readouterr().err
+
+
+def test_the_asking_arm_decides_where_a_shared_output_trains(tmp_path: Path) -> None:
+    """`experiment=tiny launcher=slurm` shares every output with conf's tiny (the launcher is in no fingerprint), so
+    tiny owns the assets; a run for the asking arm still trains where, and as, that arm says."""
+    record(tmp_path, Experiment("on_slurm", [Arm("on_slurm", [*GPU_NODES, "launcher=slurm"])]))
+    owner = load_experiment(["experiment=tiny"])
+    tags = {"lab/experiment": "on_slurm", "lab/arm": "on_slurm"}
+    cfg = placed(owner, tmp_path, tags)
+    assert (cfg.launcher.kind, cfg.parallel.nnodes, cfg.model, cfg.train) == ("slurm", 2, owner.model, owner.train)
+    assert placed(owner, tmp_path, {"lab/experiment": "on_slurm"}) == owner  # a run for several arms: the owner's
