@@ -70,21 +70,23 @@ def inline_plots(paths: list[Path]) -> MetadataValue:
 
 
 def placed(cfg: ExperimentConfig, home: Path, tags: Mapping[str, str]) -> ExperimentConfig:
-    """``cfg`` with the launcher and parallel layout of the arm the run is for (its lab/experiment, lab/arm tags).
+    """``cfg`` with where and how fast of the arm the run is for: the launcher, the parallel layout, and the
+    curation executor and workers (its lab/experiment and lab/arm tags; without an arm, a run for several arms of
+    the experiment: its first arm's).
 
-    Neither is in a fingerprint, so an output two arms share is one asset, built by the overrides of its owner, the
-    first arm that has it (``experiment=tiny``). Where and how it trains is the asking arm's choice
-    (``experiment=tiny launcher=slurm``). A run without those tags (from the UI, a trunk several arms share) keeps
-    the owner's.
+    None of these is in a fingerprint, so an output two arms share is one asset, built by the overrides of its
+    owner, the first arm that has it (``experiment=tiny``); where it is built is the asking arm's choice
+    (``experiment=tiny launcher=slurm``). A run without those tags (from the UI) keeps the owner's.
     """
-    experiment, arm = tags.get("lab/experiment"), tags.get("lab/arm")
-    if not (experiment and arm):
+    if "lab/experiment" not in tags:
         return cfg
-    overrides = {a.name: a.overrides for a in find_experiment(home, experiment).arms}.get(arm)
-    if overrides is None:
+    arms = find_experiment(home, tags["lab/experiment"]).arms
+    asking = next((arm for arm in arms if arm.name == tags.get("lab/arm", arms[0].name)), None)
+    if asking is None:
         return cfg
-    asking = load_experiment(overrides)
-    return dataclasses.replace(cfg, launcher=asking.launcher, parallel=asking.parallel)
+    where = load_experiment(asking.overrides)
+    curation = dataclasses.replace(cfg.filter, executor=where.filter.executor, workers=where.filter.workers)
+    return dataclasses.replace(cfg, launcher=where.launcher, parallel=where.parallel, filter=curation)
 
 
 class LabResource(ConfigurableResource):

@@ -1,10 +1,10 @@
 """A throwaway single-node Slurm for the tests: munged, slurmctld and slurmd from Debian's ``slurm-wlm``, in a temp dir.
 
-One node, this host with its real CPU count, at 127.0.0.1 on a free port pair; a munge key of its own and munged's
-socket in the temp dir (``AuthInfo=socket=...``), so nothing of a system Slurm or munge is used or disturbed.
-``proctrack/linuxproc`` and ``task/none``: no cgroups, which a container may not have. No accounting (no sacct).
-The clients (sbatch, scontrol, ...) find it through ``SLURM_CONF``. slurmd runs jobs as their user, so it must be
-root: without root, or without the binaries, the tests that need Slurm are skipped, saying so.
+One node, this host with its real CPU count and memory, at 127.0.0.1 on a free port pair; a munge key of its own
+and munged's socket in the temp dir (``AuthInfo=socket=...``), so nothing of a system Slurm or munge is used or
+disturbed. ``proctrack/linuxproc`` and ``task/none``: no cgroups, which a container may not have. No accounting
+(no sacct). The clients (sbatch, scontrol, ...) find it through ``SLURM_CONF``. slurmd runs jobs as their user, so
+it must be root: without root, or without the binaries, the tests that need Slurm are skipped, saying so.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class SlurmCluster:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def slurm_conf(root: Path, node: str, cpus: int, ctld_port: int, slurmd_port: int) -> str:
+def slurm_conf(root: Path, node: str, cpus: int, memory_mb: int, ctld_port: int, slurmd_port: int) -> str:
     settings = {
         "ClusterName": "labtest", "SlurmctldHost": f"{node}(127.0.0.1)", "SlurmUser": "root",
         "SlurmctldPort": ctld_port, "SlurmdPort": slurmd_port,
@@ -70,7 +70,7 @@ def slurm_conf(root: Path, node: str, cpus: int, ctld_port: int, slurmd_port: in
         "SlurmdParameters": "config_overrides",
     }
     lines = [f"{key}={value}" for key, value in settings.items()]
-    lines += [f"NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN",
+    lines += [f"NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN",
               f"PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP"]
     return "\n".join(lines) + "\n"
 
@@ -125,7 +125,8 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         (root / folder).mkdir()
     node = socket.gethostname().split(".")[0]
     cluster = SlurmCluster(root, node)
-    cluster.conf.write_text(slurm_conf(root, node, os.cpu_count() or 1, free_port(), free_port()))
+    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20  # for --mem-per-cpu requests
+    cluster.conf.write_text(slurm_conf(root, node, os.cpu_count() or 1, memory_mb, free_port(), free_port()))
     key = root / "munge.key"
     key.write_bytes(secrets.token_bytes(128))
     key.chmod(0o400)

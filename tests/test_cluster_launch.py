@@ -144,12 +144,15 @@ def test_the_spec_needs_the_checkpoints_inputs(monkeypatch: pytest.MonkeyPatch, 
     assert "not materialized yet" in capsys.readouterr().err
 
 
-def test_the_asking_arm_decides_where_a_shared_output_trains(tmp_path: Path) -> None:
-    """`experiment=tiny launcher=slurm` shares every output with conf's tiny (the launcher is in no fingerprint), so
-    tiny owns the assets; a run for the asking arm still trains where, and as, that arm says."""
-    record(tmp_path, Experiment("on_slurm", [Arm("on_slurm", [*GPU_NODES, "launcher=slurm"])]))
+def test_the_asking_arm_decides_where_a_shared_output_is_built(tmp_path: Path) -> None:
+    """`experiment=tiny launcher=slurm` shares every output with conf's tiny (no fingerprint holds the launcher), so
+    tiny owns the assets; a run for the asking experiment still builds them where, and as, it says."""
+    where = [*GPU_NODES, "launcher=slurm", "filter.executor.kind=slurm", "filter.workers=8"]
+    record(tmp_path, Experiment("on_slurm", [Arm("a", where), Arm("b", [*where, "train.lr=0.1"])]))
     owner = load_experiment(["experiment=tiny"])
-    tags = {"lab/experiment": "on_slurm", "lab/arm": "on_slurm"}
-    cfg = placed(owner, tmp_path, tags)
-    assert (cfg.launcher.kind, cfg.parallel.nnodes, cfg.model, cfg.train) == ("slurm", 2, owner.model, owner.train)
-    assert placed(owner, tmp_path, {"lab/experiment": "on_slurm"}) == owner  # a run for several arms: the owner's
+    for tags in ({"lab/experiment": "on_slurm", "lab/arm": "b"}, {"lab/experiment": "on_slurm"}):  # b, or the first
+        cfg = placed(owner, tmp_path, tags)
+        assert (cfg.launcher.kind, cfg.parallel.nnodes, cfg.filter.executor.kind, cfg.filter.workers) == (
+            "slurm", 2, "slurm", 8)
+        assert (cfg.model, cfg.train, cfg.filter.dedup) == (owner.model, owner.train, owner.filter.dedup)
+    assert placed(owner, tmp_path, {}) == owner  # a run from the UI: the owner's
