@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from dagster import AssetExecutionContext, PipesFileContextInjector, PipesFileMessageReader, open_pipes_session
@@ -91,12 +92,15 @@ class LogEcho:
         sys.stdout.flush()
 
 
-def wait(job_id: str, echo: LogEcho) -> tuple[str, str]:
-    """Poll until the job has ended: its last state and exit code."""
-    silent_since = None
+def wait(job_id: str, echo: LogEcho, report: Callable[[str], None]) -> tuple[str, str]:
+    """Poll until the job has ended: its last state and exit code. Each new state is reported (PENDING, RUNNING)."""
+    silent_since, last = None, ""
     while True:
         echo()
         state = job_state(job_id)
+        if state is not None and state[0] != last:
+            last = state[0]
+            report(f"Slurm job {job_id}: {last}")
         if state is not None and state[0] in ENDED:
             echo()
             return state
@@ -132,16 +136,17 @@ def run_on_slurm(context: AssetExecutionContext, launcher: LauncherConfig, job: 
         context.log.info(f"Slurm job {job_id} ({name}) submitted: script {script}, log {log}")
         watcher = subprocess.Popen(["sh", "-c", WATCHER, "watcher", job_id], stdin=subprocess.PIPE, text=True,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        settled = False  # the job has ended, or this process cancelled it: the watcher has nothing left to do
         try:
-            state, exit_code = wait(job_id, LogEcho(log))
+            state, exit_code = wait(job_id, LogEcho(log), context.log.info)
+            settled = True
         except BaseException:  # interrupted (terminated, SIGTERM, Ctrl-C) or lost: the job goes with the run
-            slurm("scancel", job_id)
+            settled = slurm("scancel", job_id).returncode == 0
             context.log.info(f"Slurm job {job_id} cancelled (scancel): its run stopped before it ended")
             raise
         finally:
-            watcher.communicate("done\n")
+            watcher.communicate("done\n" if settled else "")
     if state != "COMPLETED":
         raise SlurmJobError(f"Slurm job {job_id} ({name}) ended {state}, exit code {exit_code}; its log: {log}\n"
                             f"{log_tail(log)}")
-    context.log.info(f"Slurm job {job_id} completed")
     return job_id

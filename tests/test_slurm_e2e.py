@@ -95,32 +95,41 @@ def test_lab_trains_the_checkpoint_as_a_slurm_job(slurm_cluster: SlurmCluster, t
     assert PASSWORD not in result.stdout + result.stderr and AWS_SECRET not in result.stdout + result.stderr
 
 
-# One Dagster run of one asset that trains a job on Slurm, in a process of its own (so that it can be killed).
+# One Dagster run of one asset that trains like the checkpoint asset (its launch(), its retry policy), in a process
+# of its own so that it can be stopped and killed.
 RUN = """
-import os, sys
-from dagster import asset, materialize
+import sys
+from pathlib import Path
+from dagster import RetryPolicy, asset, materialize
+from assets.checkpoint import launch
 from orchestration.cluster_launch import LauncherConfig, SlurmConfig
-from orchestration.slurm_client import run_on_slurm
+from orchestration.config import ExperimentConfig
+from orchestration.resources import StageRun
 from training.job import TrainJob
 
-@asset
+@asset(retry_policy=RetryPolicy(max_retries={retries}))
 def train(context):
     slurm = SlurmConfig(cpus_per_task={cpus}, time="00:10:00", job_dir={job_dir!r}, setup=["export PATH={bin}:$PATH"])
-    run_on_slurm(context, LauncherConfig(kind="slurm", slurm=slurm), TrainJob.load({job!r}), "lab-test")
+    cfg = ExperimentConfig(name="test", launcher=LauncherConfig(kind="slurm", slurm=slurm))
+    job = TrainJob.load({job!r})
+    launch(StageRun(cfg, Path(job.output_dir), {{}}, {{}}, context, "", "", fingerprint="0123456789abcdef"), job)
 
 result = materialize([train], raise_on_error=False)
 for event in result.get_step_failure_events():
     print(event.step_failure_data.error.to_string())
 sys.exit(0 if result.success else 1)
 """
+NAME = "lab-test-0123456789ab"  # job_name("test", "0123456789abcdef")
 
 
-def start_run(cluster: SlurmCluster, tmp_path: Path, steps: int, **train) -> tuple[subprocess.Popen, TrainJob]:
+def start_run(cluster: SlurmCluster, tmp_path: Path, steps: int, retries: int,
+              **train) -> tuple[subprocess.Popen, TrainJob]:
     job = tiny_job(make_corpus(tmp_path), tmp_path / "run", steps=steps)
     for key, value in train.items():
         setattr(job.train, key, value)
     job.save(tmp_path / "job.json")
-    code = RUN.format(cpus=CPUS, job_dir=str(tmp_path / "jobs"), bin=BIN, job=str(tmp_path / "job.json"))
+    code = RUN.format(retries=retries, cpus=CPUS, job_dir=str(tmp_path / "jobs"), bin=BIN,
+                      job=str(tmp_path / "job.json"))
     with (tmp_path / "run.log").open("w") as log:
         process = subprocess.Popen([sys.executable, "-c", code], env=submitting_env(cluster), cwd=REPO_ROOT,
                                    stdout=log, stderr=subprocess.STDOUT)
@@ -134,12 +143,13 @@ def job_id_of(run_log: Path) -> str:
 
 def test_a_job_that_fails_on_the_node_names_its_id_and_log(slurm_cluster: SlurmCluster,  # noqa: F811
                                                            tmp_path: Path) -> None:
-    process, _ = start_run(slurm_cluster, tmp_path, steps=5, global_batch_size=7)  # 7 rows on 2 ranks: impossible
+    # 7 rows per step on 2 ranks: training refuses it on the node. (The checkpoint asset would retry once.)
+    process, _ = start_run(slurm_cluster, tmp_path, steps=5, retries=0, global_batch_size=7)
     assert process.wait(timeout=300) == 1
     output = (tmp_path / "run.log").read_text()
     job_id = job_id_of(tmp_path / "run.log")
-    log = tmp_path / "jobs" / f"lab-test-{job_id}.out"
-    assert f"Slurm job {job_id} (lab-test) ended FAILED, exit code 1:0; its log: {log}" in output
+    log = tmp_path / "jobs" / f"{NAME}-{job_id}.out"
+    assert f"Slurm job {job_id} ({NAME}) ended FAILED, exit code 1:0; its log: {log}" in output
     assert "global_batch_size 7 is not divisible by 2 data-parallel ranks" in output  # the log's tail, in the error
     assert slurm_cluster.job(job_id)["JobState"] == "FAILED"
 
@@ -163,9 +173,10 @@ def job_processes(job_file: Path) -> list[psutil.Process]:
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["terminated", "killed"])
 def test_a_stopped_run_cancels_its_job(slurm_cluster: SlurmCluster, tmp_path: Path,  # noqa: F811
                                        stop: signal.Signals) -> None:
-    process, job = start_run(slurm_cluster, tmp_path, steps=100_000, checkpoint_interval=100_000)  # hours, if left
+    # Hours of training, if left behind; with the checkpoint asset's retry, which a stopped run must not take.
+    process, job = start_run(slurm_cluster, tmp_path, steps=100_000, retries=1, checkpoint_interval=100_000)
     steps = Path(job.output_dir) / "train_steps.jsonl"
-    job_file = tmp_path / "jobs" / "lab-test.json"
+    job_file = tmp_path / "jobs" / f"{NAME}.json"
     try:
         wait_for(lambda: steps.exists() and steps.stat().st_size > 0, "the job training", limit=300)
         job_id = job_id_of(tmp_path / "run.log")
@@ -178,5 +189,7 @@ def test_a_stopped_run_cancels_its_job(slurm_cluster: SlurmCluster, tmp_path: Pa
         process.kill()
         for leftover in job_processes(job_file):
             leftover.kill()
-    if stop == signal.SIGTERM:  # the run cancelled it itself, and said so
-        assert f"Slurm job {job_id} cancelled (scancel)" in (tmp_path / "run.log").read_text()
+    if stop == signal.SIGTERM:  # the run cancelled it itself, said so, and failed without a retry
+        output = (tmp_path / "run.log").read_text()
+        assert f"Slurm job {job_id} cancelled (scancel)" in output and "not retried" in output
+        assert process.returncode == 1 and output.count(" submitted: script ") == 1
