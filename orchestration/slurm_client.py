@@ -94,23 +94,22 @@ class LogEcho:
 
 def wait(job_id: str, echo: LogEcho, report: Callable[[str], None]) -> tuple[str, str]:
     """Poll until the job has ended: its last state and exit code. Each new state is reported (PENDING, RUNNING)."""
-    silent_since, last = None, ""
+    answered, last = time.monotonic(), ""
     while True:
         echo()
         state = job_state(job_id)
-        if state is not None and state[0] != last:
-            last = state[0]
-            report(f"Slurm job {job_id}: {last}")
-        if state is not None and state[0] in ENDED:
-            echo()
-            return state
         if state is None:
-            silent_since = silent_since or time.monotonic()
-            if time.monotonic() - silent_since > CONTROLLER_PATIENCE_SECONDS:
+            if time.monotonic() - answered > CONTROLLER_PATIENCE_SECONDS:
                 raise SlurmJobError(f"slurmctld did not answer `scontrol show job {job_id}` for "
                                     f"{CONTROLLER_PATIENCE_SECONDS:.0f} s")
         else:
-            silent_since = None
+            answered = time.monotonic()
+            if state[0] != last:
+                last = state[0]
+                report(f"Slurm job {job_id}: {last}")
+            if last in ENDED:
+                echo()
+                return state
         time.sleep(POLL_SECONDS)
 
 
