@@ -1,4 +1,5 @@
-"""``checkpoint``: a TorchTitan training run on the mixed stream, launched with torchrun through Dagster Pipes.
+"""``checkpoint``: a TorchTitan training run on the mixed stream, launched with torchrun through Dagster Pipes:
+on this node, or as a Slurm job (``launcher=slurm``, orchestration.slurm_client).
 
 With a parent (``parent.*``) the run starts from the parent's checkpoint: weights only, weights and optimizer, or
 the whole state (a branch). A run killed part-way (a rank SIGKILLed, the node rebooted) keeps its partial output;
@@ -9,15 +10,17 @@ import json
 import tempfile
 from pathlib import Path
 
-from dagster import PipesSubprocessClient
+from dagster import DagsterExecutionInterruptedError, Failure, PipesSubprocessClient
 
 from evaluation.perplexity import list_checkpoints
 from evaluation.plots import plot_curves, plot_lr_schedule
 from evaluation.validation import curve_checkpoints
 from orchestration.checkpoint_mirror import mirror_checkpoints
+from orchestration.cluster_launch import job_name
 from orchestration.config import REPO_ROOT, ExperimentConfig
 from orchestration.live_eval import report_checkpoints
 from orchestration.resources import StageResult, StageRun, inline_plots
+from orchestration.slurm_client import run_on_slurm
 from orchestration.store import REPORT_DIR
 from training.config import InitConfig
 from training.job import TrainJob, launch_command
@@ -46,22 +49,40 @@ def train_job(cfg: ExperimentConfig, upstream: dict[str, Path], output: Path, pa
     )
 
 
+def launch(run: StageRun, job: TrainJob) -> dict:
+    """Run the training job where ``launcher`` says: torchrun here, or a Slurm job. Metadata naming the job."""
+    launcher = run.cfg.launcher
+    if launcher.kind == "kubernetes":
+        raise ValueError("launcher=kubernetes: submitting the Job is not built; `lab launch-spec ... "
+                         "launcher=kubernetes` prints it for kubectl, or train with launcher=local or launcher=slurm")
+    try:
+        if launcher.kind == "slurm":
+            return {"slurm_job": run_on_slurm(run.context, launcher, job, job_name(run.cfg.name, run.fingerprint))}
+        # The job file names machine paths, so it lives outside the versioned output.
+        with tempfile.TemporaryDirectory() as scratch:
+            job_path = Path(scratch) / "job.json"
+            job.save(job_path)
+            PipesSubprocessClient().run(context=run.context, command=launch_command(job_path), cwd=str(REPO_ROOT))
+        return {}
+    except DagsterExecutionInterruptedError as interrupt:
+        # Under a retry policy Dagster retries an interrupted step (made for a preempted pod). Here an interrupt is
+        # the run being stopped (terminated, SIGTERM, Ctrl-C) and its training was just stopped: do not restart it.
+        raise Failure("interrupted: the run was stopped, and its training with it; not retried",
+                      allow_retries=False) from interrupt
+
+
 def build(run: StageRun) -> StageResult:
     cfg = run.cfg
     parent_dir = run.upstream.get("parent")
     job = train_job(cfg, run.upstream, run.output, run.parent_step, run.mlflow_tracking_uri, run.mlflow_run_id)
     stream = Path(job.train_tokens)
-    # The job file names machine paths, so it lives outside the versioned output.
-    with tempfile.TemporaryDirectory() as scratch:
-        job_path = Path(scratch) / "job.json"
-        job.save(job_path)
-        # Each checkpoint is reported as it lands, for the live-evaluation sensor (orchestration.live_eval), and
-        # with an object store copied there, so that another host can resume (orchestration.checkpoint_mirror).
-        with report_checkpoints(
-            run.context, lambda: curve_checkpoints(run.output, parent_dir, run.parent_step, cfg.parent.mode),
-            checkpoint_metadata(run),
-        ), mirror_checkpoints(run.store.remote if run.store else None, run.output, "checkpoint", run.fingerprint):
-            PipesSubprocessClient().run(context=run.context, command=launch_command(job_path), cwd=str(REPO_ROOT))
+    # Each checkpoint is reported as it lands, for the live-evaluation sensor (orchestration.live_eval), and
+    # with an object store copied there, so that another host can resume (orchestration.checkpoint_mirror).
+    with report_checkpoints(
+        run.context, lambda: curve_checkpoints(run.output, parent_dir, run.parent_step, cfg.parent.mode),
+        checkpoint_metadata(run),
+    ), mirror_checkpoints(run.store.remote if run.store else None, run.output, "checkpoint", run.fingerprint):
+        launched = launch(run, job)
     checkpoint_steps = sorted(list_checkpoints(run.output))  # what children may start or branch from
     write_checkpoint_ledger(run.output, stream, cfg.train.seq_len, cfg.train.global_batch_size, checkpoint_steps)
 
@@ -81,6 +102,7 @@ def build(run: StageRun) -> StageResult:
     return StageResult(
         stats,
         {"first_loss": summary["first_loss"], "final_loss": summary["final_loss"],
-         "tokens_per_second": timings["tokens_per_second"], "plots": inline_plots([run.output / p for p in plots])},
+         "tokens_per_second": timings["tokens_per_second"], "plots": inline_plots([run.output / p for p in plots]),
+         **launched},
         artifacts=[*plots, SUMMARY_FILE, TIMING_SUMMARY_FILE, LEDGER_FILE],
     )

@@ -10,9 +10,10 @@ builds into a partial folder committed atomically, versions the output with DVC,
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,8 @@ from dagster import (
 )
 
 from orchestration.code_identity import module_digests
-from orchestration.config import ExperimentConfig
+from orchestration.config import ExperimentConfig, load_experiment
+from orchestration.experiments import find_experiment
 from orchestration.lab import Lab, lab_for
 from orchestration.lineage import STAGE_BY_NAME, PlanItem
 from orchestration.store import Manifest, Store
@@ -65,6 +67,26 @@ def inline_plots(paths: list[Path]) -> MetadataValue:
     """PNG plots inside a markdown metadata value, as Dagster's tutorial does: the UI shows them without a server."""
     return MetadataValue.md("\n\n".join(
         f"![{path.stem}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})" for path in paths))
+
+
+def placed(cfg: ExperimentConfig, home: Path, tags: Mapping[str, str]) -> ExperimentConfig:
+    """``cfg`` with where and how fast of the arm the run is for: the launcher, the parallel layout, and the
+    curation executor and workers (its lab/experiment and lab/arm tags; without an arm, a run for several arms of
+    the experiment: its first arm's).
+
+    None of these is in a fingerprint, so an output two arms share is one asset, built by the overrides of its
+    owner, the first arm that has it (``experiment=tiny``); where it is built is the asking arm's choice
+    (``experiment=tiny launcher=slurm``). A run without those tags (from the UI) keeps the owner's.
+    """
+    if "lab/experiment" not in tags:
+        return cfg
+    arms = find_experiment(home, tags["lab/experiment"]).arms
+    asking = next((arm for arm in arms if arm.name == tags.get("lab/arm", arms[0].name)), None)
+    if asking is None:
+        return cfg
+    where = load_experiment(asking.overrides)
+    curation = dataclasses.replace(cfg.filter, executor=where.filter.executor, workers=where.filter.workers)
+    return dataclasses.replace(cfg, launcher=where.launcher, parallel=where.parallel, filter=curation)
 
 
 class LabResource(ConfigurableResource):
@@ -113,7 +135,8 @@ class LabResource(ConfigurableResource):
 
         def build_into(partial: Path) -> Manifest:
             paths = {name: lab.store.path(m.stage, m.fingerprint) for name, m in upstream.items()}
-            run = StageRun(lab.cfg, partial, paths, upstream, context, lab.tracker.tracking_uri, run_id, parent_step,
+            cfg = placed(lab.cfg, lab.home, context.run.tags)
+            run = StageRun(cfg, partial, paths, upstream, context, lab.tracker.tracking_uri, run_id, parent_step,
                            item.fingerprint, lab.store, arm)
             outcome["result"] = build(run)
             return Manifest(stage=item.stage, fingerprint=item.fingerprint, content_hash="",

@@ -13,7 +13,9 @@ import yaml
 from assets.checkpoint import train_job
 from orchestration.cluster_launch import job_name, job_text_and_command, main, render
 from orchestration.config import load_experiment
+from orchestration.experiments import Arm, Experiment, record
 from orchestration.lineage import STAGES
+from orchestration.resources import placed
 from training.job import TrainJob, launch_command
 
 GPU_NODES = ["experiment=tiny", "parallel=gpu_fsdp", "parallel.nnodes=2"]
@@ -140,3 +142,17 @@ def test_the_spec_needs_the_checkpoints_inputs(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setenv("LAB_HOME", str(tmp_path))
     assert main(["experiment=tiny", "launcher=slurm"]) == 2
     assert "not materialized yet" in capsys.readouterr().err
+
+
+def test_the_asking_arm_decides_where_a_shared_output_is_built(tmp_path: Path) -> None:
+    """`experiment=tiny launcher=slurm` shares every output with conf's tiny (no fingerprint holds the launcher), so
+    tiny owns the assets; a run for the asking experiment still builds them where, and as, it says."""
+    where = [*GPU_NODES, "launcher=slurm", "filter.executor.kind=slurm", "filter.workers=8"]
+    record(tmp_path, Experiment("on_slurm", [Arm("a", where), Arm("b", [*where, "train.lr=0.1"])]))
+    owner = load_experiment(["experiment=tiny"])
+    for tags in ({"lab/experiment": "on_slurm", "lab/arm": "b"}, {"lab/experiment": "on_slurm"}):  # b, or the first
+        cfg = placed(owner, tmp_path, tags)
+        assert (cfg.launcher.kind, cfg.parallel.nnodes, cfg.filter.executor.kind, cfg.filter.workers) == (
+            "slurm", 2, "slurm", 8)
+        assert (cfg.model, cfg.train, cfg.filter.dedup) == (owner.model, owner.train, owner.filter.dedup)
+    assert placed(owner, tmp_path, {}) == owner  # a run from the UI: the owner's

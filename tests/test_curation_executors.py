@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
 
-from curation.config import ExecutorConfig, RayOptions, SlurmOptions
+from curation.config import ExecutorConfig, FilterConfig, HeldoutConfig, RayOptions, SlurmOptions
+from curation.documents import make_document, write_documents
 from curation.executors import Stage, chain, make_executor
+from curation.filters import build_filtered
 from orchestration.compose import compose_experiment
 from orchestration.lineage import STAGE_BY_NAME, config_version
+from orchestration.store import content_hash
+from tests.slurm import SlurmCluster, slurm_cluster  # noqa: F401 (a fixture)
+from tests.test_filters import MIT, PROSE
 
 STAGES = [Stage("first", [], tasks=4), Stage("second", [], tasks=2)]
 
@@ -71,3 +77,29 @@ def test_executor_and_workers_stay_out_of_the_fingerprint() -> None:
     assert config_version(spec, moved) == base
     changed = compose_experiment(["experiment=tiny", "filter.dedup.ngram_size=7"])[0]
     assert config_version(spec, changed) != base
+
+
+def test_filtered_on_slurm_is_the_same_bytes_as_locally(slurm_cluster: SlurmCluster, tmp_path: Path,  # noqa: F811
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """datatrove's Slurm executor on a throwaway one-node Slurm: the whole filter chain (rules, exact and MinHash
+    dedup over two tasks) as job arrays chained by dependencies, with the bytes of the local run."""
+    licenses = [MIT.format(year=year, holder=holder) for year, holder in ((2020, "Alpha"), (2021, "Beta"))]
+    (tmp_path / "corpus").mkdir()
+    write_documents(tmp_path / "corpus" / "documents-00000.jsonl.gz",
+                    [make_document(licenses[0], "license", "a0"), make_document(PROSE, "docs", "story.md")])
+    write_documents(tmp_path / "corpus" / "documents-00001.jsonl.gz",
+                    [make_document(licenses[0], "license", "b0"), make_document(licenses[1], "license", "b1")])
+    cfg = FilterConfig(heldout=HeldoutConfig(fraction=0, min_documents=0, min_tokens=0))
+    cfg.dedup.num_buckets = 2
+    build_filtered(cfg, tmp_path / "corpus", tmp_path / "local")
+
+    monkeypatch.setenv("SLURM_CONF", slurm_cluster.env()["SLURM_CONF"])
+    cfg.executor = ExecutorConfig(kind="slurm", slurm=SlurmOptions(
+        partition="debug", time="00:10:00", mem_per_cpu_gb=1, poll_seconds=1, timeout_hours=0.1,
+        env_command=f"export PATH={Path(sys.executable).parent}:$PATH"))
+    build_filtered(cfg, tmp_path / "corpus", tmp_path / "slurm")
+    assert content_hash(tmp_path / "slurm") == content_hash(tmp_path / "local")
+    jobs = [dict(word.split("=", 1) for word in line.split() if "=" in word)
+            for line in slurm_cluster.scontrol("show", "jobs", "-o").splitlines()]
+    ran = {job["JobName"].removeprefix("lab-curation-") for job in jobs if job["JobState"] == "COMPLETED"}
+    assert {"kept", "minhash_buckets", "minhash_clusters"} <= ran
