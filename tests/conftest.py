@@ -22,6 +22,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture(scope="module")
+def preset_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One lab home for a module's tests (the tiny presets share their corpus, tokenizer and arms)."""
+    home = tmp_path_factory.mktemp("lab")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("LAB_HOME", str(home))
+    yield home
+    patch.undo()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end test files first (stable otherwise): `make test` hands whole files to its workers in this order,
+    and the long ones started last would leave one worker running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A real S3 API on loopback; credentials are moto's dummy ones, set only for this test session."""
