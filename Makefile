@@ -27,10 +27,11 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/lab materialize experiment=demo
 
-# Two workers, a test file each (the 2-core CI machine); then, alone, the tests that assert what happens while
-# training runs (a second worker's load would change what they observe).
+# Two workers, a test file each (the 2-core CI machine), in collection order: the end-to-end files first
+# (tests/conftest.py), not xdist's default of the files with the most tests first; then, alone, the tests that
+# assert what happens while training runs (a second worker's load would change what they observe).
 test: venv
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not serial"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not serial"
 	$(BIN)/python -m pytest -q -m serial
 
 lint: venv
