@@ -12,10 +12,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 from dagster import AssetKey, DagsterInstance
 from tiny_training import make_corpus, run_job, step_losses, tiny_job
@@ -23,6 +21,7 @@ from tiny_training import make_corpus, run_job, step_losses, tiny_job
 from orchestration.config import REPO_ROOT
 from orchestration.lab import Lab
 from tests.slurm import SlurmCluster, slurm_cluster  # noqa: F401 (a fixture)
+from tests.test_parent_death import job_processes, wait_for
 from training.job import TrainJob
 
 pytestmark = pytest.mark.e2e
@@ -152,22 +151,6 @@ def test_a_job_that_fails_on_the_node_names_its_id_and_log(slurm_cluster: SlurmC
     assert f"Slurm job {job_id} ({NAME}) ended FAILED, exit code 1:0; its log: {log}" in output
     assert "global_batch_size 7 is not divisible by 2 data-parallel ranks" in output  # the log's tail, in the error
     assert slurm_cluster.job(job_id)["JobState"] == "FAILED"
-
-
-def wait_for(condition, what: str, limit: float) -> None:
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.5)
-
-
-def job_processes(job_file: Path) -> list[psutil.Process]:
-    """torchrun and the ranks of the job (each names its job file on its command line)."""
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        if str(job_file) in (process.info["cmdline"] or []) and process.status() != psutil.STATUS_ZOMBIE:
-            found.append(process)
-    return found
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["terminated", "killed"])
