@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from mlflow import MlflowClient
@@ -63,8 +64,12 @@ def run_log(instance: DagsterInstance, run_id: str) -> str:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A training run evaluated live by a daemon that crashes and restarts after its first evaluation run;
-    returns the lab home and the output of `lab materialize`."""
+    """A training run evaluated live by a daemon that crashes and restarts mid-training; returns the lab home and
+    the output of `lab materialize`.
+
+    How fast the live runs are against the training depends on the machine, so the test holds the training where
+    it needs it to be running: its rank is stopped (SIGSTOP) once the checkpoint at step 80 has been reported, and
+    continued only after a first live evaluation has computed a point and the daemon has crashed and come back."""
     home = tmp_path_factory.mktemp("lab")
     patch = pytest.MonkeyPatch()
     patch.setenv("LAB_HOME", str(home))
@@ -76,18 +81,52 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         wait_for(lambda: daemon.log.is_file() and "Checking for new runs for sensor: live_evaluation_sensor"
                  in daemon.log.read_text(errors="replace"), 600, "the sensor's first tick")
         training = lab(home, *ARM, log=log)
-        wait_for(lambda: any(run.status == DagsterRunStatus.SUCCESS for run in live_runs(instance)), 600,
-                 "a first live evaluation")
-        assert training.poll() is None, "training ended before the daemon could be crashed mid-training"
-        daemon.crash()
-        time.sleep(3)
-        daemon.start()
+        wait_for(lambda: 80 in reported_steps(instance) or training.poll() is not None, 600,
+                 "the checkpoint at step 80", poll_s=0.1)
+        held = training_ranks(home)
+        assert held and training.poll() is None, "training ended before it could be held"
+        for rank in held:
+            rank.suspend()
+        try:
+            wait_for(lambda: any(COMPUTED.search(run_log(instance, run.run_id)) for run in live_runs(instance)
+                                 if run.status == DagsterRunStatus.SUCCESS), 600, "a first live evaluation")
+            daemon.crash()
+            time.sleep(3)
+            daemon.start()
+        finally:
+            for rank in held:
+                rank.resume()
         assert training.wait(timeout=900) == 0, log.read_text()[-3000:]
         wait_for(lambda: len(live_runs(instance)) == len(CURVE)
                  and all(final_status(instance, run) in FINISHED for run in live_runs(instance)), 600,
                  "every live evaluation")
     yield home, log.read_text()
     patch.undo()
+
+
+def reported_steps(instance: DagsterInstance) -> set[int]:
+    """The checkpoint steps the training has reported (as observations of its checkpoint asset) so far."""
+    steps = set()
+    for key in instance.get_asset_keys():
+        if key.path[-1] == "checkpoint":
+            for record in instance.fetch_observations(key, limit=100).records:
+                step = record.asset_observation.metadata.get("checkpoint_step")
+                steps |= {step.value} if step else set()
+    return steps
+
+
+def training_ranks(home: Path) -> list[psutil.Process]:
+    """The training's ranks (torchrun's children running training.train) started for the lab home ``home``."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        try:
+            if ("training.train" in cmdline and "torch.distributed.run" not in cmdline
+                    and process.environ().get("LAB_HOME") == str(home)):
+                found.append(process)
+        except psutil.Error:
+            continue  # gone, or not ours
+    return found
 
 
 def test_every_checkpoint_is_evaluated_once_while_it_trains_across_a_daemon_crash(trained) -> None:
@@ -104,13 +143,12 @@ def test_every_checkpoint_is_evaluated_once_while_it_trains_across_a_daemon_cras
     computed = [int(step) for run in runs for step in COMPUTED.findall(run_log(instance, run.run_id))]
     final_computed = [int(step) for step in COMPUTED.findall(output)]
     assert sorted(computed + final_computed) == CURVE
-    # Live runs evaluated checkpoints while training ran: a run that computed a point had started before the
-    # checkpoint output was committed. (Its end may fall just after the commit on a loaded machine: the last
-    # checkpoints land seconds before training ends.) The final eval says which points it found done.
+    # Live runs evaluated checkpoints while training ran: a run that computed a point had finished before the
+    # checkpoint output was committed. The final eval says which points it found done.
     trained_at = max(manifest.created_at for manifest in Store(home / "store").list("checkpoint"))
-    live_started = [instance.get_run_record_by_id(run.run_id).start_time for run in runs
-                    if COMPUTED.search(run_log(instance, run.run_id))]
-    assert live_started and min(live_started) < trained_at, "no checkpoint was evaluated while training ran"
+    live_ended = [instance.get_run_record_by_id(run.run_id).end_time for run in runs
+                  if COMPUTED.search(run_log(instance, run.run_id))]
+    assert live_ended and min(live_ended) < trained_at, "no checkpoint was evaluated while training ran"
     found = re.search(r"eval: (\d+) of 5 checkpoints came from the evaluation cache", output)
     assert found and int(found.group(1)) == len(CURVE) - len(final_computed), output[-3000:]
 
