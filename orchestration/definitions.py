@@ -29,6 +29,7 @@ from assets import eval as eval_stage
 from orchestration.automation import automation_config, eval_condition, eval_sensor, stale_schedule
 from orchestration.checks import asset_checks
 from orchestration.config import default_lab_home
+from orchestration.dagster_compat import fix_pool_wait
 from orchestration.experiments import known_experiments, slug
 from orchestration.graph import LAW_FIT, REPORT, Graph, Node, build_graph
 from orchestration.launch import launch
@@ -40,6 +41,8 @@ BUILDS = {"corpus": corpus.build, "filtered": filtered.build, "tokenizer": token
           "checkpoint": checkpoint.build, "eval": eval_stage.build}
 # Training takes the host: at most one checkpoint step runs at a time (the pool's limit is set in dagster.yaml).
 TRAINING_POOL = "training"
+# Every process that executes a run loads these definitions: there, a step waiting for the pool must not spin.
+fix_pool_wait()
 
 
 def stage_asset(node: Node) -> AssetsDefinition:
