@@ -1,9 +1,12 @@
-"""The checkpoint trained as a Slurm job (``launcher=slurm``) on a throwaway one-node Slurm (tests/slurm.py).
+"""Curation and training as Slurm jobs (``filter.executor.kind=slurm``, ``launcher=slurm``) on a throwaway one-node
+Slurm (tests/slurm.py).
 
-``lab materialize`` submits the rendered script with sbatch and follows it: the training steps reach the Dagster
-run's log through Pipes files in the job folder, the output is the one a local run builds (same fingerprint, same
-losses), and no credential of the submitting environment is written. A job that fails on the node is an error
-naming its id and log; a run that is stopped (SIGTERM) or killed (SIGKILL) takes its job with it.
+``lab materialize`` runs the filter chain with datatrove's Slurm executor (job arrays chained by dependencies), then
+submits the checkpoint's rendered script with sbatch and follows it: the training steps reach the Dagster run's log
+through Pipes files in the job folder, the outputs are the ones a local run builds (same fingerprints, the filtered
+documents byte for byte, the same losses), and no credential of the submitting environment is written. A job that
+fails on the node is an error naming its id and log; a run that is stopped (SIGTERM) or killed (SIGKILL) takes its
+job with it.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 from tiny_training import make_corpus, run_job, step_losses, tiny_job
 
+from curation.filters import build_filtered
 from orchestration.config import REPO_ROOT
 from orchestration.lab import Lab
+from orchestration.store import content_hash
 from tests.slurm import SlurmCluster, slurm_cluster  # noqa: F401 (a fixture)
 from tests.test_parent_death import job_processes, wait_for
 from training.job import TrainJob
@@ -38,6 +43,14 @@ def slurm_overrides(job_dir: Path) -> list[str]:
             f"launcher.slurm.job_dir={job_dir}", f"launcher.slurm.setup=['export PATH={BIN}:$PATH']"]
 
 
+def curation_overrides() -> list[str]:
+    """datatrove's Slurm executor on the test's cluster, with the venv on the node's PATH."""
+    return ["filter.executor.kind=slurm", "filter.executor.slurm.partition=debug",
+            "filter.executor.slurm.time=00:10:00", "filter.executor.slurm.mem_per_cpu_gb=1",
+            "filter.executor.slurm.poll_seconds=1",
+            f"filter.executor.slurm.env_command='export PATH={BIN}:$PATH'"]
+
+
 def submitting_env(cluster: SlurmCluster, **extra: str) -> dict[str, str]:
     env = {**os.environ, **cluster.env(), "PYTHONPATH": str(REPO_ROOT), "PGPASSWORD": PASSWORD,
            "AWS_SECRET_ACCESS_KEY": AWS_SECRET, **extra}
@@ -46,10 +59,10 @@ def submitting_env(cluster: SlurmCluster, **extra: str) -> dict[str, str]:
     return env
 
 
-def test_lab_trains_the_checkpoint_as_a_slurm_job(slurm_cluster: SlurmCluster, tmp_path: Path,  # noqa: F811
+def test_lab_curates_and_trains_as_slurm_jobs(slurm_cluster: SlurmCluster, tmp_path: Path,  # noqa: F811
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     home, job_dir = tmp_path / "lab", tmp_path / "jobs"
-    overrides = ["experiment=tiny", *slurm_overrides(job_dir)]
+    overrides = ["experiment=tiny", *curation_overrides(), *slurm_overrides(job_dir)]
     result = subprocess.run([sys.executable, "-m", "orchestration.cli", "materialize",
                              *overrides], env=submitting_env(slurm_cluster, LAB_HOME=str(home)), cwd=REPO_ROOT,
                             capture_output=True, text=True)
@@ -63,6 +76,16 @@ def test_lab_trains_the_checkpoint_as_a_slurm_job(slurm_cluster: SlurmCluster, t
     local = Lab(["experiment=tiny"]).item("checkpoint")
     assert local.fingerprint == Lab(overrides).item("checkpoint").fingerprint and local.action == "reuse"
     name = f"lab-tiny-{local.fingerprint[:12]}"
+
+    # The filter chain ran as Slurm job arrays and kept, rejected and held out what a local run does, byte for byte.
+    jobs = [dict(word.split("=", 1) for word in line.split() if "=" in word)
+            for line in slurm_cluster.scontrol("show", "jobs", "-o").splitlines()]
+    curated = {job["JobName"].removeprefix("lab-curation-") for job in jobs if job["JobState"] == "COMPLETED"}
+    assert {"kept", "minhash_buckets", "minhash_clusters"} <= curated, curated
+    lab = Lab(["experiment=tiny"])
+    filtered = lab.item("filtered")
+    build_filtered(lab.cfg.filter, lab.store.path("corpus", filtered.upstream["corpus"].fingerprint), tmp_path / "here")
+    assert content_hash(tmp_path / "here") == content_hash(lab.store.path("filtered", filtered.fingerprint))
 
     # It ran as a Slurm job: named in the materialization, known to slurmctld as completed, with its log.
     instance = DagsterInstance.from_config(str(home / "dagster"))
