@@ -1,5 +1,5 @@
 """Curation and training as Slurm jobs (``filter.executor.kind=slurm``, ``launcher=slurm``) on a throwaway one-node
-Slurm (tests/slurm.py).
+Slurm (tests/slurm.py), with the store on S3 (moto_server).
 
 ``lab materialize`` runs the filter chain with datatrove's Slurm executor (job arrays chained by dependencies), then
 submits the checkpoint's rendered script with sbatch and follows it: the training steps reach the Dagster run's log
@@ -25,6 +25,7 @@ from curation.filters import build_filtered
 from orchestration.config import REPO_ROOT
 from orchestration.lab import Lab
 from orchestration.store import content_hash
+from tests.conftest import bucket_objects, committed
 from tests.slurm import SlurmCluster, slurm_cluster  # noqa: F401 (a fixture)
 from tests.test_parent_death import job_processes, wait_for
 from training.job import TrainJob
@@ -52,27 +53,28 @@ def curation_overrides() -> list[str]:
 
 
 def submitting_env(cluster: SlurmCluster, **extra: str) -> dict[str, str]:
-    env = {**os.environ, **cluster.env(), "PYTHONPATH": str(REPO_ROOT), "PGPASSWORD": PASSWORD,
-           "AWS_SECRET_ACCESS_KEY": AWS_SECRET, **extra}
-    for name in ("LAB_STORAGE", "LAB_STORE_URL"):  # the local profile and store
-        env.pop(name, None)
-    return env
+    """The environment `lab` runs in: the local profile and store unless ``extra`` names another."""
+    env = {name: value for name, value in os.environ.items() if name not in ("LAB_STORAGE", "LAB_STORE_URL")}
+    return {**env, **cluster.env(), "PYTHONPATH": str(REPO_ROOT), "PGPASSWORD": PASSWORD,
+            "AWS_SECRET_ACCESS_KEY": AWS_SECRET, **extra}
 
 
-def test_lab_curates_and_trains_as_slurm_jobs(slurm_cluster: SlurmCluster, tmp_path: Path,  # noqa: F811
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lab_curates_and_trains_as_slurm_jobs(slurm_cluster: SlurmCluster, s3_endpoint: str,  # noqa: F811
+                                              s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home, job_dir = tmp_path / "lab", tmp_path / "jobs"
     overrides = ["experiment=tiny", *curation_overrides(), *slurm_overrides(job_dir)]
-    result = subprocess.run([sys.executable, "-m", "orchestration.cli", "materialize",
-                             *overrides], env=submitting_env(slurm_cluster, LAB_HOME=str(home)), cwd=REPO_ROOT,
-                            capture_output=True, text=True)
+    store = {"LAB_HOME": str(home), "LAB_STORE_URL": f"s3://{s3_bucket}/lab", "AWS_ENDPOINT_URL": s3_endpoint}
+    result = subprocess.run([sys.executable, "-m", "orchestration.cli", "materialize", *overrides],
+                            env=submitting_env(slurm_cluster, **store), cwd=REPO_ROOT, capture_output=True, text=True)
     (tmp_path / "lab.log").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, result.stderr[-4000:]
+    # Every output is committed in the bucket, curated and trained on Slurm.
+    assert committed(bucket_objects(s3_endpoint, s3_bucket)) >= {"corpus", "filtered", "mixed", "checkpoint", "eval"}
 
     # The launcher is in no fingerprint: the output is the one `lab materialize experiment=tiny` would build, and
     # a local plan finds it built.
-    monkeypatch.setenv("LAB_HOME", str(home))
-    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    for name, value in {**store, "DAGSTER_HOME": str(home / "dagster")}.items():
+        monkeypatch.setenv(name, value)
     local = Lab(["experiment=tiny"]).item("checkpoint")
     assert local.fingerprint == Lab(overrides).item("checkpoint").fingerprint and local.action == "reuse"
     name = f"lab-tiny-{local.fingerprint[:12]}"
@@ -109,10 +111,12 @@ def test_lab_curates_and_trains_as_slurm_jobs(slurm_cluster: SlurmCluster, tmp_p
     run_job(shipped)
     assert step_losses(here) == step_losses(Lab(["experiment=tiny"]).store.path("checkpoint", local.fingerprint))
 
-    # Exported to the job, written nowhere: not in the script, the job file, the job's log or lab's output.
+    # Exported to the job, written nowhere: not in the script, the job file, the job's log, the bucket or lab's output.
     for path in job_dir.iterdir():
         text = path.read_text()
         assert PASSWORD not in text and AWS_SECRET not in text, path
+    for key, data in bucket_objects(s3_endpoint, s3_bucket).items():
+        assert PASSWORD.encode() not in data and AWS_SECRET.encode() not in data, key
     assert {path.suffix for path in job_dir.iterdir()} == {".sbatch", ".json", ".out"}  # the Pipes files are gone
     assert PASSWORD not in result.stdout + result.stderr and AWS_SECRET not in result.stdout + result.stderr
 
