@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from tiny_training import REPO, make_corpus, tiny_job
 
 # The orchestrating process, reduced to what matters: it launches the job and waits. Its output goes to a file, so
@@ -69,8 +70,19 @@ def test_the_wrapper_execs_its_command_in_its_own_process(tmp_path: Path) -> Non
     assert len(shown) == 2 and shown[0] == shown[1]
 
 
-def test_a_process_whose_parent_is_already_gone_stops_itself() -> None:
+def ignore_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def block_sigterm() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+@pytest.mark.parametrize("inherited", [None, ignore_sigterm, block_sigterm], ids=["default", "ignored", "blocked"])
+def test_a_process_whose_parent_is_already_gone_stops_itself(inherited) -> None:
+    """Also when the process that started it ignores or blocks SIGTERM, which its children inherit."""
     check = "import signal, sys; from training.parent_death import die_with_parent; die_with_parent(signal.SIGTERM, {})"
-    alive = subprocess.run([sys.executable, "-c", check.format(os.getpid())], cwd=REPO)
-    orphan = subprocess.run([sys.executable, "-c", check.format(0)], cwd=REPO)  # 0: not the parent it has
+    alive = subprocess.run([sys.executable, "-c", check.format(os.getpid())], cwd=REPO, preexec_fn=inherited)
+    orphan = subprocess.run([sys.executable, "-c", check.format(0)], cwd=REPO,  # 0: not the parent it has
+                            preexec_fn=inherited)
     assert alive.returncode == 0 and orphan.returncode == -signal.SIGTERM

@@ -12,6 +12,10 @@ tell its children; they are adopted by init and go on training, writing into the
 A parent that dies before the call sends nothing: its child has already been adopted. So after the call the
 process compares ``os.getppid()`` with the parent it expects, and stops itself if they differ.
 
+A signal that the starting process ignores or blocks stays ignored or blocked in its children, through fork and
+exec; the kernel's SIGTERM would then be lost and torchrun would outlive the run. So the wrapper restores SIGTERM's
+default action and unblocks it first (SIGKILL can be neither ignored nor blocked).
+
 "Parent" means the thread that started the process: a child started from a thread that ends before the child does
 would be killed then. Dagster's PipesSubprocessClient and torchrun start their children from a thread that waits
 for them.
@@ -31,6 +35,9 @@ def die_with_parent(signal_number: int, expected_parent: int) -> None:
     """Have the kernel send ``signal_number`` to this process when its parent dies; at once if it already has."""
     if not sys.platform.startswith("linux"):
         return  # no PR_SET_PDEATHSIG elsewhere: there children of a killed run still outlive it
+    if signal_number != signal.SIGKILL:  # inherited from the parent: ignored or blocked, it would be lost
+        signal.signal(signal_number, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal_number})
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal_number, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
