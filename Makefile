@@ -28,11 +28,9 @@ demo: venv
 	$(BIN)/lab materialize experiment=demo
 
 # Two workers, a test file each (the 2-core CI machine), in collection order: the end-to-end files first
-# (tests/conftest.py), not xdist's default of the files with the most tests first; then, alone, the tests that
-# assert what happens while training runs (a second worker's load would change what they observe).
+# (tests/conftest.py), not xdist's default of the files with the most tests first.
 test: venv
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not serial"
-	$(BIN)/python -m pytest -q -m serial
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 lint: venv
 	$(BIN)/ruff check .
