@@ -47,11 +47,20 @@ class SlurmCluster:
 
     def job(self, job_id: str) -> dict[str, str]:
         """The job's record in slurmctld (kept MinJobAge=300 s after it ends), as KEY=VALUE pairs."""
-        return dict(word.split("=", 1) for word in self.scontrol("show", "job", "-o", job_id).split() if "=" in word)
+        return job_record(self.scontrol("show", "job", "-o", job_id))
+
+    def jobs(self) -> list[dict[str, str]]:
+        """Every job slurmctld still knows (ended ones for MinJobAge=300 s), as ``job`` gives one."""
+        return [job_record(line) for line in self.scontrol("show", "jobs", "-o").splitlines()]
 
     def log(self, daemon: str) -> str:
         path = self.root / f"{daemon}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+def job_record(line: str) -> dict[str, str]:
+    """One line of ``scontrol show job -o``: KEY=VALUE pairs."""
+    return dict(word.split("=", 1) for word in line.split() if "=" in word)
 
 
 def slurm_conf(root: Path, node: str, cpus: int, memory_mb: int, ctld_port: int, slurmd_port: int) -> str:

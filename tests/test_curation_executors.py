@@ -99,7 +99,6 @@ def test_filtered_on_slurm_is_the_same_bytes_as_locally(slurm_cluster: SlurmClus
         env_command=f"export PATH={Path(sys.executable).parent}:$PATH"))
     build_filtered(cfg, tmp_path / "corpus", tmp_path / "slurm")
     assert content_hash(tmp_path / "slurm") == content_hash(tmp_path / "local")
-    jobs = [dict(word.split("=", 1) for word in line.split() if "=" in word)
-            for line in slurm_cluster.scontrol("show", "jobs", "-o").splitlines()]
-    ran = {job["JobName"].removeprefix("lab-curation-") for job in jobs if job["JobState"] == "COMPLETED"}
+    ran = {job["JobName"].removeprefix("lab-curation-") for job in slurm_cluster.jobs()
+           if job["JobState"] == "COMPLETED"}
     assert {"kept", "minhash_buckets", "minhash_clusters"} <= ran

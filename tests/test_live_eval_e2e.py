@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 
 from orchestration.dagster_home import prepare_dagster_home
 from orchestration.eval_cache import CACHE_DIR
+from orchestration.live_eval import checkpoint_assets
 from orchestration.store import Store
 from tests.webserver import running_daemon
 
@@ -107,11 +108,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def reported_steps(instance: DagsterInstance) -> set[int]:
     """The checkpoint steps the training has reported (as observations of its checkpoint asset) so far."""
     steps = set()
-    for key in instance.get_asset_keys():
-        if key.path[-1] == "checkpoint":
-            for record in instance.fetch_observations(key, limit=100).records:
-                step = record.asset_observation.metadata.get("checkpoint_step")
-                steps |= {step.value} if step else set()
+    for key in checkpoint_assets(instance):
+        for record in instance.fetch_observations(key, limit=100).records:
+            step = record.asset_observation.metadata.get("checkpoint_step")
+            steps |= {step.value} if step else set()
     return steps
 
 

@@ -80,9 +80,8 @@ def test_lab_curates_and_trains_as_slurm_jobs(slurm_cluster: SlurmCluster, s3_en
     name = f"lab-tiny-{local.fingerprint[:12]}"
 
     # The filter chain ran as Slurm job arrays and kept, rejected and held out what a local run does, byte for byte.
-    jobs = [dict(word.split("=", 1) for word in line.split() if "=" in word)
-            for line in slurm_cluster.scontrol("show", "jobs", "-o").splitlines()]
-    curated = {job["JobName"].removeprefix("lab-curation-") for job in jobs if job["JobState"] == "COMPLETED"}
+    curated = {job["JobName"].removeprefix("lab-curation-") for job in slurm_cluster.jobs()
+               if job["JobState"] == "COMPLETED"}
     assert {"kept", "minhash_buckets", "minhash_clusters"} <= curated, curated
     lab = Lab(["experiment=tiny"])
     filtered = lab.item("filtered")
